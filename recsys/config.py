@@ -1,0 +1,217 @@
+"""Typed configuration for every stage, loaded from YAML.
+
+One YAML file describes one runnable scenario (``configs/movielens.yaml``,
+``configs/simulated.yaml``). Each stage reads its own section. Unknown or wrongly typed keys
+fail loudly with the file, the dotted key path and the reason::
+
+    ConfigError: configs/movielens.yaml: train.batch_sise: unknown key
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key path."""
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SourceConfig(Section):
+    """Where raw logs come from."""
+
+    kind: Literal["movielens", "simulator", "criteo"]
+    # For movielens: a directory in any official layout (ml-100k, ml-1m, ml-latest[-small]).
+    # For criteo: a directory of day_*.tsv files (or one file).
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _path_required(self) -> SourceConfig:
+        if self.kind in ("movielens", "criteo") and not self.path:
+            raise ValueError(f"source.path is required when source.kind is {self.kind!r}")
+        return self
+
+
+class SimulatorConfig(Section):
+    """The seeded synthetic world (see ``recsys.sources.simulator``)."""
+
+    seed: int = 7
+    num_users: int = 2_000
+    num_items: int = 1_000
+    num_concepts: int = 48
+    num_creators: int = 200
+    days: int = 21
+    new_items_per_day: int = 20
+    slate_size: int = 10
+    sessions_per_active_day: float = 1.5
+    image_size: int = Field(default=32, ge=8, le=128)
+    audio_dim: int = Field(default=32, ge=4, le=512)
+    with_media: bool = True
+    start_date: Annotated[date, Field(strict=False)] = date(2024, 1, 1)
+
+
+class LabelRule(Section):
+    """Which events count as positives."""
+
+    kind: Literal["click", "rating", "dwell"] = "rating"
+    # rating >= threshold (movielens) or dwell seconds >= threshold.
+    threshold: float = 4.0
+    # Events that are neither positive nor a valid negative are dropped (e.g. rating 3 when
+    # drop_between is set: ratings in [drop_between, threshold) are discarded, DCN-v2 style).
+    drop_between: float | None = None
+
+
+class SplitConfig(Section):
+    """Time-based split: train < valid_from <= valid < test_from <= test. Never random."""
+
+    valid_from: str | None = None  # ISO date/time; None = derive from quantiles below
+    test_from: str | None = None
+    valid_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+
+
+class SparkConfig(Section):
+    """How the Spark session is built; the same jobs run on local[*] and on a cluster."""
+
+    master: str = "local[*]"
+    app_name: str = "recsys"
+    driver_memory: str = "2g"
+    executor_memory: str = "2g"
+    shuffle_partitions: int = 8
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+class PrepareConfig(Section):
+    """``spark_jobs/build_training_data.py``: raw logs -> examples + manifest."""
+
+    label: LabelRule = LabelRule()
+    split: SplitConfig = SplitConfig()
+    history_length: int = Field(default=20, ge=0, le=500)
+    max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
+    min_value: float | None = None
+    max_value: float | None = None
+    top_values: int = 10
+
+
+class EmbeddingConfig(Section):
+    """Embedding tables: unified (multiplexed), per-feature hashing or collisionless."""
+
+    kind: Literal["unified", "hashing", "collisionless"] = "unified"
+    dim: int = Field(default=16, ge=1)  # chunk (probe) dimension d
+    # Budget-first: total embedding parameters; table sizes follow. None = collisionless size.
+    param_budget: int | None = None
+    budget_fraction: float | None = Field(default=None, gt=0, le=1)
+    num_tables: int = Field(default=1, ge=1)
+    # Probes (chunks) per feature; a feature of width k*d takes k probes. Default 1.
+    probes: dict[str, int] = Field(default_factory=dict)
+    init_scale: float = 0.05
+    salt: int = 0
+
+
+class ModelConfig(Section):
+    """Ranker (DCN-v2) and two-tower model shapes."""
+
+    kind: Literal["ranker", "two_tower"] = "ranker"
+    cross_layers: int = 3
+    cross_low_rank: int | None = None
+    mlp: list[int] = Field(default_factory=lambda: [128, 64])
+    lt_head: bool = False
+    tower_dim: int = 32
+    temperature: float = 0.05
+
+
+class TrainConfig(Section):
+    """Training loop."""
+
+    seed: int = 0
+    batch_size: int = 1024
+    epochs: int = 5
+    lr_dense: float = 1e-3
+    lr_embedding: float = 0.05
+    weight_decay: float = 1e-5
+    patience: int = 2
+    prefetch: int = 4
+    max_steps: int | None = None
+
+
+class ServingConfig(Section):
+    """gRPC server (later issues)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    redis_url: str | None = None
+    max_request_items: int = 4096
+
+
+class PipelineConfig(Section):
+    """One runnable scenario: where data comes from and how each stage runs."""
+
+    name: str
+    output_dir: str = "runs/default"
+    source: SourceConfig
+    simulator: SimulatorConfig = SimulatorConfig()
+    spark: SparkConfig = SparkConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    serving: ServingConfig = ServingConfig()
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif parts:
+            parts.append(f".{p}")
+        else:
+            parts.append(str(p))
+    return "".join(parts) or "<root>"
+
+
+def parse_config(data: object, origin: str = "<config>") -> PipelineConfig:
+    """Validate a parsed YAML mapping; errors list every bad key as ``origin: key.path: reason``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{origin}: {_key_path(err['loc'])}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> PipelineConfig:
+    """Load and validate a YAML config; ``overrides`` maps dotted keys to values."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *head, last = dotted.split(".")
+        for key in head:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return parse_config(data, origin=str(path))

@@ -1,0 +1,1 @@
+"""Feature hashing and batching of example Parquet into TorchRec inputs."""

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Idempotent set-up: creates .venv, installs the pinned stack, redis-server and checks Java.
+# Usage: bash scripts/setup.sh            (CPU, default)
+#        RECSYS_GPU=1 bash scripts/setup.sh  (swap in the CUDA fbgemm-gpu build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+STAMP=.venv/.setup-stamp
+HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+
+check_java() {
+  if ! command -v java >/dev/null 2>&1; then
+    echo "setup: Java 17+ is required by Spark but 'java' is not on PATH (apt-get install -y openjdk-17-jre-headless)" >&2
+    exit 1
+  fi
+  local major
+  major=$(java -version 2>&1 | head -1 | sed -E 's/.*version "([0-9]+).*/\1/')
+  if [ "${major:-0}" -lt 17 ]; then
+    echo "setup: Java 17+ is required by Spark, found Java ${major}" >&2
+    exit 1
+  fi
+}
+
+install_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing redis-server" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "setup: redis-server not found and cannot install it (not root); Redis integration tests will be skipped" >&2
+  fi
+}
+
+check_java
+install_redis
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+  exit 0
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+$PIP install --upgrade pip wheel >/dev/null
+# torch first, pinned, so nothing later pulls a CUDA build.
+$PIP install torch==2.13.0
+if [ "${RECSYS_GPU:-0}" = "1" ]; then
+  $PIP install fbgemm-gpu==1.8.0
+else
+  $PIP install fbgemm-gpu-cpu==1.8.0
+fi
+# torchrec names the CUDA fbgemm-gpu as a dependency; install it without deps, then its real needs.
+$PIP install --no-deps torchrec==1.8.0
+if [ "${RECSYS_GPU:-0}" = "1" ]; then $PIP install -e ".[dev,gpu]"; else $PIP install -e ".[dev,cpu]"; fi
+echo "$HASH" > "$STAMP"
+echo "setup: ready (.venv)" >&2
