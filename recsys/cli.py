@@ -1,0 +1,195 @@
+"""The ``recsys`` command: one subcommand per stage; ``pipeline`` runs them in order.
+
+Stages that need Spark (``prepare``) import it lazily inside the subcommand, so the library
+never imports pyspark or grpc (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recsys.config import ConfigError, PipelineConfig, load_config
+
+log = logging.getLogger("recsys")
+
+
+class StageError(RuntimeError):
+    """A stage that cannot run; the message says which and why."""
+
+
+def _paths(cfg: PipelineConfig) -> dict[str, Path]:
+    out = cfg.out
+    return {
+        "raw": out / "raw",
+        "examples": out / "examples",
+        "checkpoints": out / "checkpoints",
+        "bundles": out / "bundles",
+    }
+
+
+def stage_source(cfg: PipelineConfig) -> dict[str, Any]:
+    """Load or simulate raw logs into ``<output_dir>/raw`` and validate them."""
+    raw = _paths(cfg)["raw"]
+    if cfg.source.kind == "simulator":
+        from recsys.sources.simulator import run_simulate
+
+        summary = run_simulate(cfg, raw)
+    elif cfg.source.kind == "movielens":
+        from recsys.sources.movielens import read_movielens
+
+        logs = read_movielens(cfg.source.path)
+        logs.write(raw)
+        summary = logs.summary()
+    else:  # criteo is ingested straight to examples by Spark in the prepare stage
+        return {"skipped": "criteo source is read by the prepare stage"}
+    from recsys.sources.raw_logs import RawLogs
+
+    reports = RawLogs.read(raw).validate()
+    for r in reports:
+        log.info("%s", r)
+    bad = [str(r) for r in reports if not r.ok]
+    if bad:
+        raise StageError("raw logs break the contract:\n" + "\n".join(bad))
+    return {"raw_dir": str(raw), **summary}
+
+
+def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
+    """Spark: raw logs (or Criteo TSV) -> examples + manifest."""
+    if cfg.source.kind == "criteo":
+        from spark_jobs import ingest_criteo
+
+        manifest = ingest_criteo.run(cfg, cfg.source.path, cfg.out)
+    else:
+        from spark_jobs import build_training_data
+
+        manifest = build_training_data.run(cfg, _paths(cfg)["raw"], cfg.out)
+    return {"examples_dir": str(_paths(cfg)["examples"]), "counts": manifest.get("counts")}
+
+
+def stage_train(cfg: PipelineConfig) -> dict[str, Any]:
+    """TorchRec training on the examples; checkpoints under ``<output_dir>/checkpoints``."""
+    from recsys.training.trainer import train
+
+    p = _paths(cfg)
+    result = train(cfg, p["examples"], p["checkpoints"])
+    return result.summary() if hasattr(result, "summary") else {"result": str(result)}
+
+
+def stage_export(cfg: PipelineConfig) -> dict[str, Any]:
+    """Write the best checkpoint as a versioned bundle under ``<output_dir>/bundles``."""
+    from recsys.training.export import export
+
+    p = _paths(cfg)
+    return {"bundle": str(export(cfg, p["checkpoints"], p["bundles"]))}
+
+
+def _not_built(name: str) -> Callable[[PipelineConfig], dict[str, Any]]:
+    def stage(cfg: PipelineConfig) -> dict[str, Any]:
+        raise StageError(f"stage {name!r} is not built yet (see the open issues)")
+
+    return stage
+
+
+STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
+    "source": stage_source,
+    "prepare": stage_prepare,
+    "train": stage_train,
+    "export": stage_export,
+    "evaluate": _not_built("evaluate"),
+    "index": _not_built("index"),
+}
+PIPELINE = ("source", "prepare", "train", "export")
+
+
+def run_pipeline(cfg: PipelineConfig, stages: tuple[str, ...] = PIPELINE) -> dict[str, Any]:
+    """Run ``stages`` in order, writing ``<output_dir>/pipeline.json`` with each stage's summary."""
+    from recsys.atomic import write_json
+
+    results: dict[str, Any] = {"config": cfg.name, "stages": {}}
+    for name in stages:
+        t0 = time.perf_counter()
+        log.info("== %s ==", name)
+        summary = STAGES[name](cfg)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        results["stages"][name] = summary
+        log.info("%s done in %.1fs", name, summary["seconds"])
+    write_json(cfg.out / "pipeline.json", results)
+    return results
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected key.path=value")
+    return key, yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="recsys", description="Feature-embedding platform: logs -> examples -> models -> serving."
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", required=True, help="YAML config, e.g. configs/movielens.yaml")
+        sp.add_argument(
+            "--set", dest="overrides", action="append", type=_parse_override, default=[],
+            metavar="KEY=VALUE", help="override a config key, e.g. --set train.epochs=1",
+        )
+        return sp
+
+    add("simulate", "simulate the synthetic world into <output_dir>/raw")
+    add("source", "load the configured source into <output_dir>/raw and validate it")
+    add("prepare", "Spark: raw logs -> training examples + manifest")
+    add("train", "train the configured model (TorchRec)")
+    add("evaluate", "offline metrics and report (not built yet)")
+    add("export", "write a versioned bundle from the best checkpoint")
+    add("index", "build the two-tier retrieval index (not built yet)")
+    add("serve", "run the gRPC server (not built yet)")
+    pl = add("pipeline", "run source -> prepare -> train -> export")
+    pl.add_argument("--stages", help=f"comma-separated subset of {','.join(PIPELINE)}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_config(args.config, dict(args.overrides))
+        if args.command == "pipeline":
+            stages = tuple(args.stages.split(",")) if args.stages else PIPELINE
+            unknown = [s for s in stages if s not in STAGES]
+            if unknown:
+                raise StageError(f"--stages: unknown {unknown}; known: {list(STAGES)}")
+            out = run_pipeline(cfg, stages)
+        elif args.command == "simulate":
+            if cfg.source.kind != "simulator":
+                raise StageError(f"{args.config}: source.kind is {cfg.source.kind!r}, not 'simulator'")
+            out = stage_source(cfg)
+        elif args.command == "serve":
+            raise StageError("stage 'serve' is not built yet (see the open issues)")
+        else:
+            out = STAGES[args.command](cfg)
+    except (ConfigError, StageError, FileNotFoundError, ValueError) as e:
+        print(f"recsys {args.command}: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
