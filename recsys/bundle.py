@@ -93,7 +93,9 @@ class Bundle:
     def embed(self, kind: str, frame: pd.DataFrame) -> np.ndarray:
         """Embed rows (``kind`` is ``"item"`` or ``"user"``) with the bundle's model."""
         if not isinstance(self.model, Embedder):
-            raise BundleError(f"{self.path}: model kind {self.meta['model']['kind']!r} cannot embed")
+            raise BundleError(
+                f"{self.path}: model kind {self.meta['model']['kind']!r} cannot embed"
+            )
         with torch.inference_mode():
             return self.model.embed(kind, frame)
 
@@ -175,9 +177,7 @@ class IdEmbedding(nn.Module):
     def __init__(self, num_buckets: int, dim: int, salt: int = 0) -> None:
         super().__init__()
         self.num_buckets, self.salt = num_buckets, salt
-        self.tables = nn.ModuleDict(
-            {k: nn.Embedding(num_buckets, dim) for k in ("item", "user")}
-        )
+        self.tables = nn.ModuleDict({k: nn.Embedding(num_buckets, dim) for k in ("item", "user")})
         for t in self.tables.values():
             nn.init.uniform_(t.weight, -0.05, 0.05)
 

@@ -135,7 +135,8 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="recsys", description="Feature-embedding platform: logs -> examples -> models -> serving."
+        prog="recsys",
+        description="Feature-embedding platform: logs -> examples -> models -> serving.",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,8 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--config", required=True, help="YAML config, e.g. configs/movielens.yaml")
         sp.add_argument(
-            "--set", dest="overrides", action="append", type=_parse_override, default=[],
-            metavar="KEY=VALUE", help="override a config key, e.g. --set train.epochs=1",
+            "--set",
+            dest="overrides",
+            action="append",
+            type=_parse_override,
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.epochs=1",
         )
         return sp
 
@@ -178,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             out = run_pipeline(cfg, stages)
         elif args.command == "simulate":
             if cfg.source.kind != "simulator":
-                raise StageError(f"{args.config}: source.kind is {cfg.source.kind!r}, not 'simulator'")
+                raise StageError(
+                    f"{args.config}: source.kind is {cfg.source.kind!r}, not 'simulator'"
+                )
             out = stage_source(cfg)
         elif args.command == "serve":
             raise StageError("stage 'serve' is not built yet (see the open issues)")

@@ -10,9 +10,8 @@ fail loudly with the file, the dotted key path and the reason::
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator

@@ -48,7 +48,9 @@ class RawLogs:
         directory = Path(directory)
         missing = [n for n in TABLES if not (directory / f"{n}.parquet").exists()]
         if missing:
-            raise FileNotFoundError(f"{directory}: missing {', '.join(m + '.parquet' for m in missing)}")
+            raise FileNotFoundError(
+                f"{directory}: missing {', '.join(m + '.parquet' for m in missing)}"
+            )
         return cls(*(pq.read_table(directory / f"{n}.parquet") for n in TABLES))
 
     def summary(self) -> dict[str, object]:
