@@ -29,10 +29,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, path)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -41,7 +41,12 @@ def replace_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         old = _tmp_sibling(dst, "old")
         os.replace(dst, old)
-    os.replace(src, dst)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if old is not None:  # put the old directory back rather than leave nothing
+            os.replace(old, dst)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -127,9 +127,11 @@ class Violation:
     rows: list[int] = field(default_factory=list)
 
     def __str__(self) -> str:
-        where = f" (rows {', '.join(map(str, self.rows))}{', ...' if self.count > len(self.rows) else ''})"
-        n = f"{self.count} rows " if self.count else ""
-        return f"{self.table}.{self.column}: {n}{self.problem}{where if self.rows else ''}"
+        more = ", ..." if self.count > len(self.rows) else ""
+        label = "row" if len(self.rows) == 1 else "rows"
+        where = f" ({label} {', '.join(map(str, self.rows))}{more})" if self.rows else ""
+        n = f"{self.count} {'row' if self.count == 1 else 'rows'}: " if self.count else ""
+        return f"{self.table}.{self.column}: {n}{self.problem}{where}"
 
 
 @dataclass
@@ -207,8 +209,9 @@ def validate_table(
         elif table.schema.field(name).type != STR_LIST:
             add(
                 Violation(
-                    c.name, name, f"sparse feature type is {table.schema.field(name).type}, "
-                    f"expected {STR_LIST}"
+                    c.name,
+                    name,
+                    f"sparse feature type is {table.schema.field(name).type}, expected {STR_LIST}",
                 )
             )
     return report
@@ -219,7 +222,8 @@ def _check_values(table: pa.Table, c: TableContract, add) -> None:  # noqa: ANN0
         return name in table.column_names and table.schema.field(name).type == typ
 
     def outside(name: str, mask: pa.ChunkedArray, problem: str) -> None:
-        n, rows = _first_rows(pc.fill_null(mask, False))
+        # Null cells are the nullability rule's business, not a bad value: mask them out.
+        n, rows = _first_rows(pc.and_(pc.fill_null(mask, False), pc.is_valid(table[name])))
         if n:
             add(Violation(c.name, name, problem, n, rows))
 
@@ -228,11 +232,17 @@ def _check_values(table: pa.Table, c: TableContract, add) -> None:  # noqa: ANN0
         outside("event", pc.invert(ok), f"event not in {EVENT_KINDS}")
     if c is EXAMPLES:
         if has("label", pa.int8()):
-            outside("label", pc.invert(pc.is_in(table["label"], pa.array([0, 1], pa.int8()))),
-                    "label not in {0, 1}")
+            outside(
+                "label",
+                pc.invert(pc.is_in(table["label"], pa.array([0, 1], pa.int8()))),
+                "label not in {0, 1}",
+            )
         if has("split", pa.string()):
-            outside("split", pc.invert(pc.is_in(table["split"], pa.array(SPLITS))),
-                    f"split not in {SPLITS}")
+            outside(
+                "split",
+                pc.invert(pc.is_in(table["split"], pa.array(SPLITS))),
+                f"split not in {SPLITS}",
+            )
         for name, hi in (("lt7", 7), ("lt14", 14)):
             if has(name, pa.int8()):
                 col = table[name]
