@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class ConfigError(ValueError):
@@ -33,13 +33,16 @@ class SourceConfig(Section):
     kind: Literal["movielens", "simulator", "criteo"]
     # For movielens: a directory in any official layout (ml-100k, ml-1m, ml-latest[-small]).
     # For criteo: a directory of day_*.tsv files (or one file).
-    path: str | None = None
+    path: str | None = Field(default=None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _path_required(self) -> SourceConfig:
-        if self.kind in ("movielens", "criteo") and not self.path:
-            raise ValueError(f"source.path is required when source.kind is {self.kind!r}")
-        return self
+    @field_validator("path")
+    @classmethod
+    def _path_required(cls, path: str | None, info: ValidationInfo) -> str | None:
+        # A field validator (not a model validator) so the error is reported at source.path.
+        kind = info.data.get("kind")
+        if kind in ("movielens", "criteo") and not path:
+            raise ValueError(f"required when source.kind is {kind!r}")
+        return path
 
 
 class SimulatorConfig(Section):
@@ -58,6 +61,25 @@ class SimulatorConfig(Section):
     audio_dim: int = Field(default=32, ge=4, le=512)
     with_media: bool = True
     start_date: Annotated[date, Field(strict=False)] = date(2024, 1, 1)
+    # Sessions and leaving (KuaiSim-style leave model): a session is a run of slates; the user
+    # leaves after ``leave_after_bad_slates`` slates in a row without a click, or at random
+    # with ``leave_prob_per_slate`` after any slate, or after ``max_slates_per_session``.
+    max_sessions_per_day: int = Field(default=4, ge=1, le=16)
+    max_slates_per_session: int = Field(default=8, ge=1, le=64)
+    leave_after_bad_slates: int = Field(default=2, ge=1)
+    leave_prob_per_slate: float = Field(default=0.1, ge=0, lt=1)
+    # Examination probability of slate position j is (1 + j) ** -position_bias (0 = none).
+    position_bias: float = Field(default=0.3, ge=0)
+    # Item popularity is Zipf: weight of the item of popularity rank r is r ** -zipf_exponent.
+    zipf_exponent: float = Field(default=1.0, gt=0)
+    # Logging policy: sample slates with probability ~ popularity ** logging_popularity_power,
+    # mixed with a uniform draw over live items with weight ``exploration``.
+    logging_popularity_power: float = Field(default=0.7, ge=0)
+    exploration: float = Field(default=0.2, ge=0, le=1)
+    # Retention: P(return tomorrow) = sigmoid(base_u + return_satisfaction_weight * (m - 1)),
+    # m = EMA (weight ``satisfaction_memory`` on the past) of daily log1p(dwell minutes).
+    return_satisfaction_weight: float = Field(default=1.0, ge=0)
+    satisfaction_memory: float = Field(default=0.5, ge=0, lt=1)
 
 
 class LabelRule(Section):
@@ -101,6 +123,11 @@ class PrepareConfig(Section):
     min_value: float | None = None
     max_value: float | None = None
     top_values: int = 10
+    # String columns of items/users that are free text (read by text encoders), not categorical
+    # attributes: they get no ``s_item_X`` / ``s_user_X`` sparse feature.
+    text_columns: list[str] = Field(default_factory=lambda: ["title", "text"])
+    # Relative error of approxQuantile when split cut-offs are derived from fractions.
+    quantile_error: float = Field(default=0.0005, ge=0, le=0.1)
 
 
 class EmbeddingConfig(Section):
@@ -116,6 +143,11 @@ class EmbeddingConfig(Section):
     probes: dict[str, int] = Field(default_factory=dict)
     init_scale: float = 0.05
     salt: int = 0
+    # Pooling of multi-valued features (history, concepts): mean keeps every feature on the
+    # same scale whatever its length (see recsys/embeddings/unified.py).
+    pooling: Literal["mean", "sum"] = "mean"
+    # Collisionless vocabularies leave out values seen fewer times than this in train.
+    vocab_min_count: int = Field(default=1, ge=1)
 
 
 class ModelConfig(Section):
@@ -128,6 +160,12 @@ class ModelConfig(Section):
     lt_head: bool = False
     tower_dim: int = 32
     temperature: float = 0.05
+    # Added for the ranker/two-tower issue:
+    dense_dim: int | None = Field(default=None, ge=1)  # dense projection width; None = emb dim
+    num_match: int = Field(default=0, ge=0)  # match features (SESA / omni scores) fed to ranker
+    lt_weight: float = Field(default=0.1, ge=0)  # weight of the lt7 MSE loss when lt_head
+    logq: bool = True  # two-tower: subtract log item sampling probability from in-batch logits
+    freq_buckets: int = Field(default=1 << 16, ge=1)  # two-tower: streaming item count buckets
 
 
 class TrainConfig(Section):
@@ -142,6 +180,12 @@ class TrainConfig(Section):
     patience: int = 2
     prefetch: int = 4
     max_steps: int | None = None
+    # Added for the ranker/two-tower issue:
+    checkpoint_every: int | None = Field(default=None, ge=1)  # steps; None = end of epoch only
+    sharding: Literal["table_wise", "column_wise"] = "table_wise"  # DMP planner constraint
+    recall_k: int = Field(default=10, ge=1)  # two-tower validation recall@K
+    progress: bool = True  # tqdm bar with loss and examples/s
+    num_threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None = default
 
 
 class ServingConfig(Section):
@@ -191,11 +235,21 @@ def parse_config(data: object, origin: str = "<config>") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{origin}: {_key_path(err['loc'])}: {msg}")
+        lines = [f"{origin}: {_key_path(err['loc'])}: {_reason(err)}" for err in e.errors()]
         raise ConfigError("\n".join(lines)) from None
+
+
+def _reason(err: dict) -> str:
+    """One pydantic error as a short reason, with the offending value for type errors."""
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] != "value_error" and not isinstance(err.get("input"), dict | list):
+        got = repr(err.get("input"))
+        msg += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
+    return msg
 
 
 def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> PipelineConfig:
@@ -207,10 +261,19 @@ def load_config(path: str | Path, overrides: dict[str, object] | None = None) ->
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}  # an empty file: every required key is then reported as missing
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
         node = data
         *head, last = dotted.split(".")
-        for key in head:
+        for i, key in enumerate(head):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                where = ".".join(head[: i + 1])
+                raise ConfigError(
+                    f"{path}: override {dotted}: {where} is a {type(node).__name__}, not a mapping"
+                )
         node[last] = value
     return parse_config(data, origin=str(path))
