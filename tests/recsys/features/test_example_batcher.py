@@ -1,0 +1,159 @@
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from recsys.features.batcher import BatcherError, ExampleBatcher, read_split, table_to_batch
+from recsys.features.hashing import hash_values, to_int64
+from recsys.features.spec import FeatureSpec
+from recsys.features.vocabulary import build_vocabulary
+
+
+@pytest.fixture(scope="module")
+def spec(examples_dir):
+    import json
+
+    return FeatureSpec.from_manifest(json.loads((examples_dir / "manifest.json").read_text()))
+
+
+def _user_ts(batches):
+    return [u for b in batches for u in b.user_ids]
+
+
+def _keys(batch):
+    # (user, item, history) identifies a row of the fixture well enough to compare orders.
+    kjt = batch.sparse.to_dict()
+    return [
+        tuple(x)
+        for x in zip(
+            batch.user_ids,
+            batch.item_ids,
+            kjt["s_history"].lengths().tolist(),
+            batch.dense[:, 1].tolist(),
+            strict=True,
+        )
+    ]
+
+
+def test_batches_hold_the_raw_lists_hashed_with_salt_zero(examples_dir, spec):
+    table = read_split(examples_dir, "train")
+    batches = list(ExampleBatcher(examples_dir, "train", spec, 100, prefetch=0))
+    assert sum(len(b) for b in batches) == table.num_rows == 1600
+    start = 0
+    for b in batches:
+        rows = table.slice(start, len(b))
+        kjt = b.sparse.to_dict()
+        for col in spec.sparse:
+            lists = rows.column(col).to_pylist()
+            assert kjt[col].lengths().tolist() == [len(x) for x in lists]
+            flat = [v for x in lists for v in x]
+            expected = to_int64(hash_values(flat, 0)) if flat else np.zeros(0, np.int64)
+            np.testing.assert_array_equal(kjt[col].values().numpy(), expected)
+        np.testing.assert_array_equal(b.labels.numpy(), rows.column("label").to_numpy())
+        np.testing.assert_allclose(
+            b.dense[:, 0].numpy(), rows.column("d_item_popularity").to_numpy()
+        )
+        assert b.lt7 is not None and b.sparse.keys() == list(spec.sparse)
+        start += len(b)
+
+
+def test_table_to_batch_featurises_like_the_batcher(examples_dir, spec):
+    first = next(iter(ExampleBatcher(examples_dir, "valid", spec, 50, prefetch=0)))
+    again = table_to_batch(read_split(examples_dir, "valid").slice(0, 50), spec)
+    assert first.sparse.values().equal(again.sparse.values())
+    assert first.sparse.lengths().equal(again.sparse.lengths())
+
+
+def test_shuffle_is_a_function_of_seed_and_epoch(examples_dir, spec):
+    def order(seed, epoch):
+        b = ExampleBatcher(
+            examples_dir, "train", spec, 64, shuffle=True, seed=seed, shuffle_row_groups=3
+        )
+        b.set_epoch(epoch)
+        return [k for batch in b for k in _keys(batch)]
+
+    plain = [k for batch in ExampleBatcher(examples_dir, "train", spec, 64) for k in _keys(batch)]
+    a = order(0, 1)
+    assert a == order(0, 1)
+    assert a != order(0, 2) and a != order(1, 1) and a != plain
+    assert sorted(a) == sorted(plain)
+
+
+def test_skip_batches_resumes_exactly_where_an_interrupted_epoch_stopped(examples_dir, spec):
+    b = ExampleBatcher(examples_dir, "train", spec, 96, shuffle=True, seed=3, prefetch=2)
+    b.set_epoch(4)
+    full = [_keys(x) for x in b]
+    b.set_epoch(4)
+    b.skip_batches(7)
+    resumed = [_keys(x) for x in b]
+    assert resumed == full[7:]
+    assert [_keys(x) for x in b] == full  # the skip applied to one iteration only
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_ranks_together_serve_every_row_once(examples_dir, spec, drop_last):
+    def shard(rank, world_size):
+        b = ExampleBatcher(
+            examples_dir,
+            "train",
+            spec,
+            70,
+            shuffle=True,
+            seed=5,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
+        batches = [_keys(x) for x in b]
+        assert len(batches) == b.num_batches()
+        return batches
+
+    single = shard(0, 1)
+    shards = [shard(r, 3) for r in range(3)]
+    # Global batch g is rank g % 3's batch g // 3: interleaving the shards gives the epoch back.
+    interleaved = [shards[g % 3][g // 3] for g in range(sum(len(s) for s in shards))]
+    if drop_last:
+        assert len({len(s) for s in shards}) == 1
+        assert all(len(x) == 70 for s in shards for x in s)
+        assert interleaved == single[: len(interleaved)]
+        assert len(interleaved) == (1600 // 70) // 3 * 3
+    else:
+        assert interleaved == single
+        assert sum(len(x) for x in interleaved) == 1600
+
+
+def test_breaking_out_early_stops_the_prefetch_thread(examples_dir, spec):
+    before = threading.active_count()
+    it = iter(ExampleBatcher(examples_dir, "train", spec, 10, prefetch=2))
+    next(it)
+    it.close()
+    assert threading.active_count() == before
+
+
+def test_a_missing_split_names_the_directory(examples_dir, spec):
+    with pytest.raises(BatcherError, match="split=nope"):
+        ExampleBatcher(examples_dir, "nope", spec, 10)
+
+
+def test_null_lists_and_null_values_become_short_bags():
+    spec = FeatureSpec(sparse=("s_x",))
+    t = pa.table(
+        {
+            "s_x": pa.array([["a", None, "b"], None, []], pa.list_(pa.string())),
+            "label": pa.array([1, 0, 1], pa.int8()),
+        }
+    )
+    b = table_to_batch(t, spec)
+    assert b.sparse.lengths().tolist() == [2, 0, 0]
+    np.testing.assert_array_equal(b.sparse.values().numpy(), to_int64(hash_values(["a", "b"])))
+
+
+def test_vocabulary_holds_every_train_value_once(examples_dir, spec):
+    vocab = build_vocabulary(examples_dir, ["s_user", "s_history"])
+    table = read_split(examples_dir, "train", ["s_user", "s_history"])
+    for col in ("s_user", "s_history"):
+        values = {v for x in table.column(col).to_pylist() for v in x}
+        expected = np.sort(to_int64(hash_values(sorted(values))))
+        np.testing.assert_array_equal(vocab[col], expected)
+        assert len(vocab[col]) == spec.cardinality[col]
