@@ -9,27 +9,16 @@ the item's concepts meet the user's interests, plus per-user and per-item biases
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-# Without __init__.py files pytest puts tests/ on sys.path, where tests/recsys is a namespace
-# package that shadows the editable install of recsys (its finder runs after PathFinder). The
-# repo root on sys.path makes the real package win. (Cleaner: pytest `pythonpath = ["."]`.)
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
-if getattr(sys.modules.get("recsys"), "__file__", "") is None:  # a namespace import got in first
-    for _name in [m for m in sys.modules if m == "recsys" or m.startswith("recsys.")]:
-        del sys.modules[_name]
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
-
-from recsys.contract import STR_LIST, TS_TYPE  # noqa: E402
+from recsys.contract import STR_LIST, TS_TYPE
 
 COUNTRIES = ("us", "de", "fr", "br", "in", "jp")
 SPARSE = (
