@@ -39,6 +39,8 @@ WEIGHTS = "weights.pt"
 # Only these (and kinds registered in-process) can be loaded; bundle.json cannot name code.
 _FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
     "id_embedding": "recsys.bundle:IdEmbedding",
+    "ranker": "recsys.models.ranker:ranker_from_kwargs",
+    "two_tower": "recsys.models.two_tower:two_tower_from_kwargs",
 }
 
 
