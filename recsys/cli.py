@@ -79,7 +79,14 @@ def stage_train(cfg: PipelineConfig) -> dict[str, Any]:
 
     p = _paths(cfg)
     result = train(cfg, p["examples"], p["checkpoints"])
-    return result.summary() if hasattr(result, "summary") else {"result": str(result)}
+    return {
+        "checkpoint": str(result.checkpoint),
+        "best_epoch": result.best_epoch,
+        result.metric_name: result.best_metric,
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "epochs": result.metrics,
+    }
 
 
 def stage_export(cfg: PipelineConfig) -> dict[str, Any]:
