@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from recsys.contract import STR_LIST, TS_TYPE
 
@@ -166,3 +168,12 @@ def examples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def examples_writer():  # noqa: ANN201
     """``write_examples`` itself, for tests that need their own size or seed."""
     return write_examples
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tests run tiny matrices: one intra-op thread avoids OpenMP contention on 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
