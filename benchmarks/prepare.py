@@ -1,0 +1,215 @@
+"""Benchmark: spark_jobs/build_training_data.py throughput and driver memory vs input size.
+
+    .venv/bin/python benchmarks/prepare.py                 # 1M and 5M simulated events
+    .venv/bin/python benchmarks/prepare.py --sizes 500000 1000000 2000000
+
+For each size the seeded simulator (``simulate_to_parquet``, no media) writes raw logs, then a
+fresh Python process runs the job on ``local[2]`` (Spark start-up excluded from the timing) and
+reports wall seconds, events/s, the driver's Python peak RSS and the driver JVM's peak RSS
+(sampled every 0.2 s with psutil; in local mode the JVM also runs the executors). Linearity:
+the time per event of each size relative to the smallest must stay within 1.5x.
+Prints a table and writes benchmarks/results/prepare.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _worker(raw: str, out: str, master: str, partitions: int) -> dict:
+    import psutil
+
+    from recsys.config import (
+        LabelRule,
+        PipelineConfig,
+        PrepareConfig,
+        SimulatorConfig,
+        SourceConfig,
+        SparkConfig,
+    )
+    from spark_jobs import build_training_data as job
+    from spark_jobs.session import build_session
+
+    spark_cfg = SparkConfig(master=master, driver_memory="4g", shuffle_partitions=partitions)
+    cfg = PipelineConfig(
+        name="bench",
+        source=SourceConfig(kind="simulator"),
+        simulator=SimulatorConfig(),
+        spark=spark_cfg,
+        prepare=PrepareConfig(label=LabelRule(kind="click")),
+    )
+    spark = build_session(spark_cfg)
+    me = psutil.Process()
+    peak = {"jvm": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for child in me.children(recursive=True):
+                try:
+                    if "java" in child.name():
+                        peak["jvm"] = max(peak["jvm"], child.memory_info().rss)
+                except psutil.Error:
+                    pass
+            stop.wait(0.2)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    manifest = job.run(cfg, raw, out, spark)
+    seconds = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    spark.stop()
+    return {
+        "seconds": seconds,
+        "events_in": manifest["counts"]["events_in"],
+        "examples": manifest["counts"]["examples"],
+        "driver_python_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "driver_jvm_peak_mb": peak["jvm"] / 2**20,
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Print the table; fit seconds = fixed + per_event * events; check growth is not superlinear.
+
+    ``time_per_event_vs_smallest`` <= 1.5 for every size means time grows at most linearly
+    (within 1.5x); fixed per-run costs (job scheduling, many small stages) make it sublinear at
+    these sizes, so the marginal cost (slope of the fit) is the number to extrapolate with.
+    """
+    base = rows[0]["seconds"] / rows[0]["events_in"]
+    for r in rows:
+        r["time_per_event_vs_smallest"] = (r["seconds"] / r["events_in"]) / base
+    n = [r["events_in"] for r in rows]
+    t = [r["seconds"] for r in rows]
+    mean_n, mean_t = sum(n) / len(n), sum(t) / len(t)
+    var = sum((x - mean_n) ** 2 for x in n)
+    slope = sum((x - mean_n) * (y - mean_t) for x, y in zip(n, t, strict=True)) / var if var else 0
+    fixed = mean_t - slope * mean_n
+    not_superlinear = all(r["time_per_event_vs_smallest"] <= 1.5 for r in rows)
+    print()
+    print(
+        f"{'events':>10} {'examples':>10} {'seconds':>8} {'events/s':>10} "
+        f"{'py peak MB':>10} {'JVM peak MB':>11} {'t/event vs smallest':>20}"
+    )
+    for r in rows:
+        print(
+            f"{r['events_in']:>10,} {r['examples']:>10,} {r['seconds']:>8.1f} "
+            f"{r['events_per_s']:>10,.0f} {r['driver_python_peak_mb']:>10.0f} "
+            f"{r['driver_jvm_peak_mb']:>11.0f} {r['time_per_event_vs_smallest']:>20.2f}"
+        )
+    print(f"\nfit: seconds = {fixed:.1f} + {slope * 1e6:.1f} per million events")
+    print(f"time grows at most linearly (t/event <= 1.5x smallest): {not_superlinear}")
+    return {
+        "fit": {"fixed_seconds": fixed, "seconds_per_million_events": slope * 1e6},
+        "not_superlinear_within_1_5x": not_superlinear,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prepare.json"))
+    p.add_argument("--resummarize", action="store_true", help="re-print --out without running")
+    p.add_argument("--worker", nargs=2, metavar=("RAW", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(*args.worker, args.master, args.partitions)))
+        return 0
+
+    if args.resummarize:
+        data = json.loads(Path(args.out).read_text())
+        data.update(summarize(data["rows"]))
+        data.pop("linear_within_1_5x", None)
+        Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+        return 0
+
+    from recsys.config import SimulatorConfig
+    from recsys.sources.simulator import simulate_to_parquet
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-"))
+    sim = SimulatorConfig(seed=7, with_media=False)
+    print(
+        f"# prepare benchmark: master={args.master}, shuffle partitions={args.partitions}, "
+        f"simulator seed={sim.seed} (no media), label=click, history=20"
+    )
+    print(
+        f"# machine: {platform.machine()} {os.cpu_count()} CPUs, python {platform.python_version()}"
+    )
+    rows = []
+    for n in args.sizes:
+        raw = work / f"raw-{n}"
+        t0 = time.perf_counter()
+        if not (raw / "events.parquet").exists():
+            simulate_to_parquet(sim, raw, target_events=n)
+        gen = time.perf_counter() - t0
+        res = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--master",
+                args.master,
+                "--partitions",
+                str(args.partitions),
+                "--worker",
+                str(raw),
+                str(work / f"out-{n}"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            print(res.stderr[-3000:], file=sys.stderr)
+            return 1
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r.update(
+            {
+                "target_events": n,
+                "simulate_seconds": gen,
+                "events_per_s": r["events_in"] / r["seconds"],
+            }
+        )
+        rows.append(r)
+        print(f"  {n:>9,}: {r['events_in']:,} events in {r['seconds']:.1f}s", flush=True)
+    summary = summarize(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "setup": {
+                    "master": args.master,
+                    "shuffle_partitions": args.partitions,
+                    "cpus": os.cpu_count(),
+                    "simulator_seed": sim.seed,
+                    "command": "benchmarks/prepare.py "
+                    + " ".join(str(a) for a in (argv if argv is not None else sys.argv[1:])),
+                },
+                "rows": rows,
+                **summary,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,649 @@
+"""Raw logs (events, items, users) -> training examples + ``manifest.json``, with Spark.
+
+Run::
+
+    spark-submit spark_jobs/build_training_data.py --config configs/movielens.yaml \\
+        --raw runs/movielens/raw --out runs/movielens
+
+Input: a directory holding ``events``, ``items`` and (optionally) ``users``, each as Parquet
+(``events.parquet`` file or directory, or ``events/`` of ``*.parquet``) or JSON lines
+(``events.jsonl`` / ``events.json`` / ``events/`` of ``*.json[l]``). Timestamps may be
+timestamps, ISO strings or epoch numbers (seconds, or milliseconds above 1e11); ids may be
+numbers (read as strings).
+
+Output under ``--out`` (published only when the whole run succeeded; a failed run leaves any
+previous output untouched; a re-run replaces it with identical content):
+
+- ``examples/split=train|valid|test/part-*.parquet`` and ``examples/manifest.json``;
+- ``quarantine/<table>/``: rejected rows with their original columns and a ``reason``:
+  ``missing_id``, ``bad_ts`` (null or unparseable), ``unknown_event``, ``out_of_range``
+  (``value`` outside ``prepare.min_value..max_value``, or NaN), ``unknown_item_id`` (not in
+  items), ``duplicate_id`` (items/users).
+
+Steps, all as Spark plans (nothing but small aggregates reaches the driver):
+
+1. validate and quarantine; fail if a table's bad fraction > ``prepare.max_bad_fraction``;
+2. drop exact duplicate events (same user, item, ts, event);
+3. label (``prepare.label``): ``click`` - an impression is positive when a click with the same
+   user, item and ts exists; ``dwell`` - ... and that click's (or ``dwell`` event's) value >=
+   threshold; ``rating`` - a rating is positive when >= threshold, ratings in
+   ``[drop_between, threshold)`` are dropped, the rest are negatives;
+4. ``lt7``/``lt14``: the user's distinct active days (any event kind) in the 7/14 days starting
+   the event's UTC day;
+5. ``history``: the user's last ``history_length`` positive items with ts strictly before the
+   event's ts (oldest first); positives at the same ts are never visible;
+6. dense features from strictly earlier events only: ``d_user_prior_events``,
+   ``d_user_prior_positives``, ``d_item_prior_events``, ``d_item_prior_positives`` (log1p of
+   counts), ``d_item_age_days`` (when items have ``created_ts``; >= 0);
+7. sparse features (``list<string>``, raw values) per the naming rule in docs/HELPERS.md plus
+   context ``s_hour`` (``"0"``..``"23"``) and ``s_weekday`` (``"Mon"``..``"Sun"``);
+8. split by time: ``ts < valid_from`` train, ``< test_from`` valid, else test; cut-offs from
+   ``prepare.split`` (ISO dates, UTC when no offset) or ``approxQuantile`` of example ts;
+9. feature statistics (``spark_jobs.stats``) into the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script (spark-submit): make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyspark.sql import DataFrame, SparkSession, Window  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+from pyspark.sql import types as T  # noqa: E402
+
+from recsys.config import PipelineConfig, PrepareConfig, load_config  # noqa: E402
+from recsys.contract import EVENT_KINDS  # noqa: E402
+from spark_jobs.quality import REASON, DataQualityError, QualityReport, first_reason  # noqa: E402
+from spark_jobs.session import build_session  # noqa: E402
+from spark_jobs.stats import arrow_schema, dense_stats, sparse_stats  # noqa: E402
+from spark_jobs.storage import Storage  # noqa: E402
+
+__all__ = ["DataQualityError", "build_examples", "label_examples", "main", "read_raw_table", "run"]
+
+DAY_MS = 86_400_000
+
+
+def _empty() -> F.Column:
+    """An empty ``array<string>`` literal (built lazily: columns need an active session)."""
+    return F.array().cast("array<string>")
+
+
+CONTRACT_COLUMNS = ["label", "split", "user_id", "item_id", "ts", "lt7", "lt14", "history"]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _data_format(storage: Storage, path: str) -> str:
+    lower = path.lower()
+    for ext, fmt in ((".parquet", "parquet"), (".jsonl", "json"), (".ndjson", "json")):
+        if lower.endswith(ext) or lower.endswith(ext + ".gz"):
+            return fmt
+    if lower.endswith((".json", ".json.gz")):
+        return "json"
+    if storage.is_dir(path):
+        files = storage.list(path)
+        if not files:
+            raise FileNotFoundError(f"{path}: empty directory")
+        return _data_format(storage, files[0]) if not storage.is_dir(files[0]) else "parquet"
+    raise ValueError(f"{path}: cannot tell the format (expected .parquet or .json/.jsonl)")
+
+
+def read_raw_table(
+    spark: SparkSession, raw_dir: str | Path, name: str, required: bool = True
+) -> DataFrame | None:
+    """Read raw table ``name`` from ``raw_dir`` (Parquet or JSON lines, file or directory)."""
+    storage = Storage(spark)
+    base = str(raw_dir).rstrip("/")
+    for cand in (
+        f"{base}/{name}.parquet",
+        f"{base}/{name}",
+        f"{base}/{name}.jsonl",
+        f"{base}/{name}.json",
+        f"{base}/{name}.ndjson",
+    ):
+        if storage.exists(cand):
+            fmt = _data_format(storage, cand)
+            reader = spark.read.format(fmt)
+            if fmt == "json":
+                reader = reader.option("mode", "PERMISSIVE")
+            return reader.load(cand)
+    if required:
+        raise FileNotFoundError(
+            f"{base}: no {name} table ({name}.parquet, {name}/, {name}.jsonl or {name}.json)"
+        )
+    return None
+
+
+def _ts_column(df: DataFrame, name: str) -> F.Column:
+    """Parse column ``name`` to a UTC timestamp; anything unparseable becomes null."""
+    if name not in df.columns:
+        return F.lit(None).cast("timestamp")
+    dtype = df.schema[name].dataType
+    c = F.col(name)
+    if isinstance(dtype, T.TimestampType | T.TimestampNTZType | T.DateType):
+        return c.cast("timestamp")
+    if isinstance(dtype, T.NumericType):
+        ms = F.when(F.abs(c) < 1e11, c * 1000).otherwise(c)
+        return F.when(c.isNull() | F.isnan(c.cast("double")), None).otherwise(
+            F.timestamp_millis(ms.cast("long"))
+        )
+    if isinstance(dtype, T.StringType):
+        return F.try_to_timestamp(F.trim(c))
+    return F.lit(None).cast("timestamp")
+
+
+def _id_column(df: DataFrame, name: str) -> F.Column:
+    if name not in df.columns:
+        return F.lit(None).cast("string")
+    return F.trim(F.col(name).cast("string"))
+
+
+def _missing(c: F.Column) -> F.Column:
+    return c.isNull() | (c == "")
+
+
+def _concepts_column(df: DataFrame) -> F.Column:
+    if "concepts" not in df.columns:
+        return _empty()
+    dtype = df.schema["concepts"].dataType
+    if isinstance(dtype, T.ArrayType):
+        return F.coalesce(F.col("concepts").cast("array<string>"), _empty())
+    if isinstance(dtype, T.StringType):  # "a|b|c" as in MovieLens genres
+        return F.coalesce(F.filter(F.split("concepts", r"\|"), lambda v: v != ""), _empty())
+    return _empty()
+
+
+def _categorical_columns(df: DataFrame, id_col: str, prepare: PrepareConfig) -> list[str]:
+    skip = {id_col, "concepts", *prepare.text_columns}
+    return [
+        f.name
+        for f in df.schema.fields
+        if isinstance(f.dataType, T.StringType)
+        and f.name not in skip
+        and not f.name.startswith("_")
+    ]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _tag_events(events: DataFrame, item_ids: DataFrame, prepare: PrepareConfig) -> DataFrame:
+    value = (F.col("value").try_cast("double") if "value" in events.columns else F.lit(None)).cast(
+        "double"
+    )
+    ev = events.select(
+        "*",
+        _id_column(events, "user_id").alias("_uid"),
+        _id_column(events, "item_id").alias("_iid"),
+        _ts_column(events, "ts").alias("_ts"),
+        (F.col("event").cast("string") if "event" in events.columns else F.lit(None))
+        .cast("string")
+        .alias("_event"),
+        value.alias("_value"),
+    )
+    ev = ev.join(item_ids, ev["_iid"] == item_ids["_known_iid"], "left")
+    v = F.col("_value")
+    out_of_range = F.isnan(v)
+    if prepare.min_value is not None:
+        out_of_range = out_of_range | (v < prepare.min_value)
+    if prepare.max_value is not None:
+        out_of_range = out_of_range | (v > prepare.max_value)
+    reason = first_reason(
+        (_missing(F.col("_uid")) | _missing(F.col("_iid")), "missing_id"),
+        (F.col("_ts").isNull(), "bad_ts"),
+        (F.col("_event").isNull() | ~F.col("_event").isin(*EVENT_KINDS), "unknown_event"),
+        (v.isNotNull() & out_of_range, "out_of_range"),
+        (F.col("_known_iid").isNull(), "unknown_item_id"),
+    )
+    return ev.withColumn(REASON, reason).drop("_known_iid")
+
+
+def _tag_entities(df: DataFrame, id_col: str) -> DataFrame:
+    """Tag rows of items/users: ``missing_id``, or ``duplicate_id`` for all but one per id."""
+    key = _id_column(df, id_col)
+    tagged = df.withColumn("_id", key)
+    order = [F.col(c) for c in ("created_ts", "title") if c in df.columns] or [F.lit(0)]
+    w = Window.partitionBy("_id").orderBy(*[o.asc_nulls_last() for o in order])
+    tagged = tagged.withColumn("_rn", F.row_number().over(w))
+    reason = first_reason(
+        (_missing(F.col("_id")), "missing_id"),
+        (F.col("_rn") > 1, "duplicate_id"),
+    )
+    return tagged.withColumn(REASON, reason).drop("_rn")
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def label_examples(good: DataFrame, prepare: PrepareConfig) -> DataFrame:
+    """Rows ``user_id, item_id, ts, ts_ms, day, label`` per the label rule."""
+    rule = prepare.label
+    base = ["user_id", "item_id", "ts", "ts_ms", "day"]
+    if rule.kind == "rating":
+        r = good.filter((F.col("event") == "rating") & F.col("value").isNotNull())
+        if rule.drop_between is not None:
+            r = r.filter(
+                ~((F.col("value") >= rule.drop_between) & (F.col("value") < rule.threshold))
+            )
+        return r.select(*base, (F.col("value") >= rule.threshold).cast("byte").alias("label"))
+    kinds = ["click"] if rule.kind == "click" else ["click", "dwell"]
+    signal = (
+        good.filter(F.col("event").isin(*kinds))
+        .groupBy("user_id", "item_id", "ts_ms")
+        .agg(F.max("value").alias("_signal"), F.count("*").alias("_n"))
+    )
+    imps = good.filter(F.col("event") == "impression").select(*base)
+    ex = imps.join(signal, ["user_id", "item_id", "ts_ms"], "left")
+    if rule.kind == "click":
+        label = F.col("_n").isNotNull()
+    else:
+        label = F.coalesce(F.col("_signal") >= rule.threshold, F.lit(False))
+    return ex.select(*base, label.cast("byte").alias("label"))
+
+
+def _user_features(good: DataFrame, positives: DataFrame, history_length: int) -> DataFrame:
+    """Per (user_id, ts_ms) of any event: prior events, prior positives and history, all
+    from events with ts strictly before ts_ms (an as-of join in one window pass)."""
+    per_ts = good.groupBy("user_id", "ts_ms").agg(F.count("*").alias("_n"))
+    if history_length > 0:
+        w_last = (
+            Window.partitionBy("user_id")
+            .orderBy("ts_ms", "item_id")
+            .rowsBetween(-(history_length - 1), 0)
+        )
+        hist = F.collect_list("item_id").over(w_last)
+    else:
+        hist = _empty()
+    w_upto = (
+        Window.partitionBy("user_id").orderBy("ts_ms").rangeBetween(Window.unboundedPreceding, 0)
+    )
+    w_in_ts = Window.partitionBy("user_id", "ts_ms").orderBy(F.desc("item_id"))
+    # One snapshot per (user, ts) holding positives up to and including ts.
+    snaps = (
+        positives.select(
+            "user_id",
+            "ts_ms",
+            hist.alias("_hist"),
+            F.count("*").over(w_upto).alias("_npos"),
+            F.row_number().over(w_in_ts).alias("_rn"),
+        )
+        .filter(F.col("_rn") == 1)
+        .drop("_rn")
+    )
+    # At equal ts, event rows (_k=0) sort before snapshots (_k=1): a snapshot is visible only
+    # to strictly later events.
+    rows = per_ts.select(
+        "user_id",
+        "ts_ms",
+        "_n",
+        F.lit(0).alias("_k"),
+        F.lit(None).cast("array<string>").alias("_hist"),
+        F.lit(None).cast("long").alias("_npos"),
+    ).unionByName(
+        snaps.select(
+            "user_id",
+            "ts_ms",
+            F.lit(None).cast("long").alias("_n"),
+            F.lit(1).alias("_k"),
+            "_hist",
+            "_npos",
+        )
+    )
+    w = Window.partitionBy("user_id").orderBy("ts_ms", "_k")
+    before = w.rowsBetween(Window.unboundedPreceding, -1)
+    upto = w.rowsBetween(Window.unboundedPreceding, 0)
+    return (
+        rows.select(
+            "user_id",
+            "ts_ms",
+            "_k",
+            F.coalesce(F.sum("_n").over(before), F.lit(0)).alias("_user_prior_events"),
+            F.coalesce(F.last("_npos", ignorenulls=True).over(upto), F.lit(0)).alias(
+                "_user_prior_pos"
+            ),
+            F.coalesce(F.last("_hist", ignorenulls=True).over(upto), _empty()).alias("history"),
+        )
+        .filter(F.col("_k") == 0)
+        .drop("_k")
+    )
+
+
+def _item_features(good: DataFrame, positives: DataFrame) -> DataFrame:
+    """Per (item_id, ts_ms): events and positives on the item strictly before ts_ms."""
+    counts = (
+        good.select("item_id", "ts_ms", F.lit(1).alias("_n"), F.lit(0).alias("_p"))
+        .unionByName(
+            positives.select("item_id", "ts_ms", F.lit(0).alias("_n"), F.lit(1).alias("_p"))
+        )
+        .groupBy("item_id", "ts_ms")
+        .agg(F.sum("_n").alias("_n"), F.sum("_p").alias("_p"))
+    )
+    before = (
+        Window.partitionBy("item_id").orderBy("ts_ms").rowsBetween(Window.unboundedPreceding, -1)
+    )
+    return counts.select(
+        "item_id",
+        "ts_ms",
+        F.coalesce(F.sum("_n").over(before), F.lit(0)).alias("_item_prior_events"),
+        F.coalesce(F.sum("_p").over(before), F.lit(0)).alias("_item_prior_pos"),
+    )
+
+
+def _activity(good: DataFrame) -> DataFrame:
+    """Per (user_id, day): ``lt7``/``lt14``, distinct active days in [day, day+7) / +14)."""
+    days = good.select("user_id", "day").distinct()
+    w = Window.partitionBy("user_id").orderBy("day")
+    return days.select(
+        "user_id",
+        "day",
+        F.count("*").over(w.rangeBetween(0, 6)).cast("byte").alias("lt7"),
+        F.count("*").over(w.rangeBetween(0, 13)).cast("byte").alias("lt14"),
+    )
+
+
+def _parse_cutoff(value: str, key: str) -> int:
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"prepare.split.{key}: {value!r} is not an ISO date/time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def split_cutoffs(examples: DataFrame, prepare: PrepareConfig) -> tuple[int, int]:
+    """``(valid_from_ms, test_from_ms)``: explicit ISO cut-offs, or approxQuantile of ts."""
+    s = prepare.split
+    if (s.valid_from is None) != (s.test_from is None):
+        raise ValueError("prepare.split: set both valid_from and test_from, or neither")
+    if s.valid_from is not None and s.test_from is not None:
+        v, t = _parse_cutoff(s.valid_from, "valid_from"), _parse_cutoff(s.test_from, "test_from")
+    else:
+        qs = [1.0 - s.valid_fraction - s.test_fraction, 1.0 - s.test_fraction]
+        got = examples.approxQuantile("ts_ms", qs, prepare.quantile_error)
+        if len(got) != 2:
+            raise ValueError("prepare.split: no examples to derive time cut-offs from")
+        v, t = int(got[0]), int(got[1])
+    if v > t:
+        raise ValueError(f"prepare.split: valid_from {_iso(v)} is after test_from {_iso(t)}")
+    return v, t
+
+
+def build_examples(
+    good: DataFrame,
+    items: DataFrame,
+    users: DataFrame | None,
+    prepare: PrepareConfig,
+    labelled: DataFrame,
+    cutoffs: tuple[int, int],
+) -> tuple[DataFrame, dict[str, list[str]]]:
+    """Join labels, LT, history, dense and sparse features; returns (examples, feature lists).
+
+    ``good``: valid, de-duplicated events (``user_id, item_id, ts, ts_ms, day, event, value``);
+    ``items``/``users``: valid entity rows; ``labelled``: output of the label rule.
+    """
+    positives = labelled.filter(F.col("label") == 1).select("user_id", "item_id", "ts_ms")
+    ex = (
+        labelled.join(
+            _user_features(good, positives, prepare.history_length), ["user_id", "ts_ms"], "left"
+        )
+        .join(_activity(good), ["user_id", "day"], "left")
+        .join(_item_features(good, positives), ["item_id", "ts_ms"], "left")
+    )
+    item_cats = _categorical_columns(items, "item_id", prepare)
+    item_cols = [
+        F.col("_id").alias("item_id"),
+        _concepts_column(items).alias("s_item_concepts"),
+        *[F.col(c).alias(f"_item_{c}") for c in item_cats],
+    ]
+    has_created = "created_ts" in items.columns
+    if has_created:
+        item_cols.append(_ts_column(items, "created_ts").alias("_created_ts"))
+    ex = ex.join(items.select(*item_cols), "item_id", "left")
+    user_cats: list[str] = []
+    if users is not None:
+        user_cats = _categorical_columns(users, "user_id", prepare)
+        ex = ex.join(
+            users.select(
+                F.col("_id").alias("user_id"),
+                _concepts_column(users).alias("s_user_concepts"),
+                *[F.col(c).alias(f"_user_{c}") for c in user_cats],
+            ),
+            "user_id",
+            "left",
+        )
+    else:
+        ex = ex.withColumn("s_user_concepts", _empty())
+
+    def one(c: str) -> F.Column:
+        return F.when(F.col(c).isNull(), _empty()).otherwise(F.array(F.col(c).cast("string")))
+
+    valid_ms, test_ms = cutoffs
+    split = (
+        F.when(F.col("ts_ms") < valid_ms, "train")
+        .when(F.col("ts_ms") < test_ms, "valid")
+        .otherwise("test")
+    )
+    user_sparse = {
+        "s_user": F.array("user_id"),
+        "s_history": F.col("history"),
+        "s_user_concepts": F.coalesce("s_user_concepts", _empty()),
+        **{f"s_user_{c}": one(f"_user_{c}") for c in user_cats},
+    }
+    item_sparse = {
+        "s_item": F.array("item_id"),
+        "s_item_concepts": F.coalesce("s_item_concepts", _empty()),
+        **{f"s_item_{c}": one(f"_item_{c}") for c in item_cats},
+    }
+    context_sparse = {
+        "s_hour": F.array(F.hour("ts").cast("string")),
+        "s_weekday": F.array(F.date_format("ts", "EEE")),
+    }
+
+    def log1p(c: str) -> F.Column:
+        return F.log1p(F.coalesce(F.col(c), F.lit(0)).cast("double")).cast("float")
+
+    dense = {
+        "d_user_prior_events": log1p("_user_prior_events"),
+        "d_user_prior_positives": log1p("_user_prior_pos"),
+        "d_item_prior_events": log1p("_item_prior_events"),
+        "d_item_prior_positives": log1p("_item_prior_pos"),
+    }
+    if has_created:
+        age = (F.col("ts_ms") - F.unix_millis("_created_ts")) / DAY_MS
+        dense["d_item_age_days"] = F.greatest(F.coalesce(age, F.lit(0.0)), F.lit(0.0)).cast("float")
+    sparse = {**user_sparse, **item_sparse, **context_sparse}
+    out = ex.select(
+        F.col("label").cast("byte").alias("label"),
+        split.alias("split"),
+        "user_id",
+        "item_id",
+        "ts",
+        F.col("lt7").cast("byte").alias("lt7"),
+        F.col("lt14").cast("byte").alias("lt14"),
+        F.coalesce("history", _empty()).alias("history"),
+        *[expr.alias(name) for name, expr in sparse.items()],
+        *[expr.alias(name) for name, expr in dense.items()],
+    )
+    features = {
+        "sparse": list(sparse),
+        "dense": list(dense),
+        "user": list(user_sparse),
+        "item": list(item_sparse),
+        "context": list(context_sparse),
+    }
+    return out, features
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def run(
+    cfg: PipelineConfig,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    spark: SparkSession | None = None,
+) -> dict[str, Any]:
+    """Build ``<out_dir>/examples`` (+ manifest) and ``<out_dir>/quarantine``; return the manifest.
+
+    Raises ``DataQualityError`` (nothing published) when a table's bad fraction exceeds
+    ``cfg.prepare.max_bad_fraction``.
+    """
+    spark = spark or build_session(cfg.spark)
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MILLIS")
+    prepare = cfg.prepare
+    storage = Storage(spark)
+    out = str(out_dir).rstrip("/")
+    storage.mkdirs(out)
+    staging = storage.staging_dir(out, "prepare")
+    cached: list[DataFrame] = []
+    try:
+        events = read_raw_table(spark, raw_dir, "events")
+        items = read_raw_table(spark, raw_dir, "items")
+        users = read_raw_table(spark, raw_dir, "users", required=False)
+        assert events is not None and items is not None
+
+        quality = QualityReport()
+        items_t = _tag_entities(items, "item_id").persist()
+        cached.append(items_t)
+        quality.add(items_t, "items")
+        good_items = items_t.filter(F.col(REASON).isNull()).drop(REASON)
+        users_t = good_users = None
+        if users is not None:
+            users_t = _tag_entities(users, "user_id").persist()
+            cached.append(users_t)
+            quality.add(users_t, "users")
+            good_users = users_t.filter(F.col(REASON).isNull()).drop(REASON)
+
+        known = good_items.select(F.col("_id").alias("_known_iid"))
+        events_t = _tag_events(events, known, prepare).persist()
+        cached.append(events_t)
+        ev_quality = quality.add(events_t, "events")
+
+        quarantine = f"{staging}/quarantine"
+        internal = ["_uid", "_iid", "_ts", "_event", "_value", "_id"]
+        for name, tagged in (("events", events_t), ("items", items_t), ("users", users_t)):
+            if tagged is not None:
+                bad = tagged.filter(F.col(REASON).isNotNull())
+                bad.drop(*[c for c in internal if c in tagged.columns]).write.mode(
+                    "overwrite"
+                ).parquet(f"{quarantine}/{name}")
+        try:
+            quality.check(prepare.max_bad_fraction, where=f"{out}/quarantine.rejected")
+        except DataQualityError:
+            storage.replace_dir(quarantine, f"{out}/quarantine.rejected")
+            raise
+
+        good = (
+            events_t.filter(F.col(REASON).isNull())
+            .select(
+                F.col("_uid").alias("user_id"),
+                F.col("_iid").alias("item_id"),
+                F.col("_ts").alias("ts"),
+                F.col("_event").alias("event"),
+                F.col("_value").alias("value"),
+            )
+            .dropDuplicates(["user_id", "item_id", "ts", "event"])
+            .withColumn("ts_ms", F.unix_millis("ts"))
+            .withColumn("day", F.floor(F.col("ts_ms") / DAY_MS).cast("int"))
+            .persist()
+        )
+        cached.append(good)
+        by_kind = {r["event"]: int(r["count"]) for r in good.groupBy("event").count().collect()}
+        n_good = sum(by_kind.values())
+        events_t.unpersist()
+
+        labelled = label_examples(good, prepare).persist()
+        cached.append(labelled)
+        cutoffs = split_cutoffs(labelled, prepare)
+        examples, features = build_examples(
+            good, good_items, good_users, prepare, labelled, cutoffs
+        )
+        examples.write.mode("overwrite").partitionBy("split").parquet(f"{staging}/examples")
+        for df in cached:
+            df.unpersist()
+        cached.clear()
+
+        written = spark.read.parquet(f"{staging}/examples")
+        split_counts = {
+            r["split"]: int(r["count"]) for r in written.groupBy("split").count().collect()
+        }
+        positives = written.filter(F.col("label") == 1).count()
+        n_examples = sum(split_counts.values())
+        features["stats"] = sparse_stats(written, features["sparse"], prepare.top_values)
+        features["dense_stats"] = dense_stats(written, features["dense"])
+        label_events = (
+            by_kind.get("rating", 0)
+            if prepare.label.kind == "rating"
+            else by_kind.get("impression", 0)
+        )
+        manifest: dict[str, Any] = {
+            "source": cfg.source.kind,
+            "features": features,
+            "counts": {
+                **{s: split_counts.get(s, 0) for s in ("train", "valid", "test")},
+                "examples": n_examples,
+                "positives": positives,
+                "quarantined": quality.by_reason(),
+                "tables": quality.by_table(),
+                "events_in": ev_quality.rows,
+                "events_valid": n_good,
+                "duplicates": ev_quality.rows - ev_quality.bad_rows - n_good,
+                "events_by_kind": dict(sorted(by_kind.items())),
+                "dropped_by_label_rule": label_events - n_examples,
+            },
+            "label_rule": prepare.label.model_dump(mode="json"),
+            "split": {"valid_from": _iso(cutoffs[0]), "test_from": _iso(cutoffs[1]), "by": "ts"},
+            "params": {
+                "prepare": prepare.model_dump(mode="json"),
+                "raw_dir": str(raw_dir),
+                "history_order": "oldest first, strictly before ts",
+            },
+            "schema": arrow_schema(written),
+        }
+        storage.write_json(f"{staging}/examples/manifest.json", manifest)
+        # Publish: quarantine first, examples (with the manifest) last.
+        storage.replace_dir(quarantine, f"{out}/quarantine")
+        storage.replace_dir(f"{staging}/examples", f"{out}/examples")
+        storage.delete(f"{out}/quarantine.rejected")
+        return manifest
+    finally:
+        for df in cached:
+            df.unpersist()
+        storage.delete(staging)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``--config X.yaml --raw DIR --out DIR``; prints the counts as JSON."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="pipeline YAML (prepare + spark sections)")
+    p.add_argument("--raw", help="raw-log directory (default: <output_dir>/raw)")
+    p.add_argument("--out", help="output directory (default: the config's output_dir)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+    raw = args.raw or str(cfg.out / "raw")
+    out = args.out or str(cfg.out)
+    try:
+        manifest = run(cfg, raw, out)
+    except (DataQualityError, FileNotFoundError, ValueError) as e:
+        print(f"build_training_data: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(manifest["counts"], indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

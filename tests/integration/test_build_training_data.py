@@ -1,0 +1,402 @@
+"""spark_jobs/build_training_data.py on small hand-built raw logs, with real Spark (local[2]).
+
+Two worlds: MovieLens-style ratings (events as JSON lines with ISO timestamps, some broken
+rows) and simulator-style impressions + clicks (Parquet). Expected values are computed by
+brute force in pandas from the same input and compared row by row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.config import parse_config
+from recsys.contract import EXAMPLES, validate_table
+from spark_jobs import build_training_data as job
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+T0 = pd.Timestamp("2024-01-01", tz="UTC")
+
+
+def _ts(day: float, hour: float = 0.0) -> pd.Timestamp:
+    return T0 + pd.Timedelta(days=day, hours=hour)
+
+
+def _iso(t: pd.Timestamp) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_examples(out: Path) -> pd.DataFrame:
+    table = ds.dataset(
+        out / "examples", format="parquet", partitioning="hive", exclude_invalid_files=True
+    ).to_table()
+    df = table.to_pandas()
+    df["split"] = df["split"].astype(str)
+    return df.sort_values(["user_id", "ts", "item_id"]).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- ratings world
+
+GOOD_RATINGS = [
+    # user, item, day, hour, stars
+    ("u1", "i1", 0, 10, 5.0),
+    ("u1", "i2", 0, 10, 4.0),  # same ts as i1: neither may see the other
+    ("u1", "i3", 2, 9, 2.0),
+    ("u1", "i4", 3, 9, 3.0),  # dropped by drop_between=3
+    ("u1", "i5", 9, 12, 4.5),
+    ("u1", "i6", 21, 8, 5.0),
+    ("u1", "i3", 26, 8, 4.0),
+    ("u2", "i1", 1, 0, 1.0),
+    ("u2", "i2", 4, 0, 5.0),
+    ("u2", "i3", 5, 0, 4.0),
+    ("u2", "i4", 6, 0, 4.0),
+    ("u2", "i5", 22, 0, 2.5),
+    ("u3", "i6", 13, 0, 4.0),
+    ("u3", "i1", 27, 0, 5.0),
+]
+TAGS = [("u2", "i6", 2, 0), ("u3", "i2", 19, 0)]  # activity without a label
+BROKEN = [
+    {"user_id": None, "item_id": "i1", "ts": _iso(_ts(3)), "event": "rating", "value": 4.0},
+    {"user_id": "u1", "item_id": "zz", "ts": _iso(_ts(3)), "event": "rating", "value": 4.0},
+    {"user_id": "u2", "item_id": "i2", "ts": "2024-13-45 99:00", "event": "rating", "value": 4.0},
+    {"user_id": "u3", "item_id": "i3", "ts": _iso(_ts(4)), "event": "rating", "value": 7.0},
+]
+EXPECTED_QUARANTINE = {"missing_id": 1, "unknown_item_id": 1, "bad_ts": 1, "out_of_range": 1}
+
+
+def write_ratings_world(raw: Path) -> None:
+    raw.mkdir(parents=True)
+    rows = [
+        {"user_id": u, "item_id": i, "ts": _iso(_ts(d, h)), "event": "rating", "value": v}
+        for u, i, d, h, v in GOOD_RATINGS
+    ]
+    rows += [
+        {"user_id": u, "item_id": i, "ts": _iso(_ts(d, h)), "event": "tag", "value": None}
+        for u, i, d, h in TAGS
+    ]
+    rows.append(dict(rows[0]))  # an exact duplicate
+    rows += BROKEN
+    with open(raw / "events.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    items = pa.table(
+        {
+            "item_id": [f"i{k}" for k in range(1, 7)],
+            "title": [f"Movie {k}" for k in range(1, 7)],
+            "text": ["..."] * 6,
+            "concepts": [["drama"], ["comedy", "drama"], [], ["sci-fi"], None, ["drama"]],
+            "creator": ["c1", "c2", None, "c1", "c3", "c2"],
+            "created_ts": pa.array(
+                [_ts(-10), _ts(-3), _ts(0), _ts(2), _ts(5), _ts(30)], pa.timestamp("ms", "UTC")
+            ),
+        }
+    )
+    pq.write_table(items, raw / "items.parquet")
+    users = pa.table(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "concepts": [["drama"], [], None],
+            "age": ["18-24", None, "35-44"],
+        }
+    )
+    pq.write_table(users, raw / "users.parquet")
+
+
+def ratings_config(**prepare: object):  # noqa: ANN201
+    base = {
+        "label": {"kind": "rating", "threshold": 4.0, "drop_between": 3.0},
+        "split": {"valid_from": "2024-01-20", "test_from": "2024-01-25"},
+        "history_length": 2,
+        "max_bad_fraction": 0.5,
+        "min_value": 0.5,
+        "max_value": 5.0,
+    }
+    base.update(prepare)
+    return parse_config(
+        {"name": "ratings", "source": {"kind": "movielens", "path": "x"}, "prepare": base}
+    )
+
+
+@pytest.fixture(scope="module")
+def ratings(spark, tmp_path_factory):  # noqa: ANN001, ANN201
+    root = tmp_path_factory.mktemp("ratings")
+    write_ratings_world(root / "raw")
+    manifest = job.run(ratings_config(), root / "raw", root / "out", spark)
+    return root, manifest, read_examples(root / "out")
+
+
+def _positives() -> pd.DataFrame:
+    df = pd.DataFrame(GOOD_RATINGS, columns=["user_id", "item_id", "day", "hour", "value"])
+    df["ts"] = [_ts(d, h) for d, h in zip(df.day, df.hour, strict=True)]
+    return df[df.value >= 4.0]
+
+
+def _all_events() -> pd.DataFrame:
+    rows = [(u, i, _ts(d, h)) for u, i, d, h, _ in GOOD_RATINGS]
+    rows += [(u, i, _ts(d, h)) for u, i, d, h in TAGS]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts"])
+
+
+def test_ratings_are_labelled_by_threshold_and_middle_ratings_are_dropped(ratings) -> None:  # noqa: ANN001
+    _, manifest, ex = ratings
+    got = {(r.user_id, r.item_id, r.ts): int(r.label) for r in ex.itertuples()}
+    want = {
+        (u, i, _ts(d, h)): int(v >= 4.0) for u, i, d, h, v in GOOD_RATINGS if not 3.0 <= v < 4.0
+    }
+    assert got == want
+    assert manifest["counts"]["dropped_by_label_rule"] == 1
+
+
+def test_broken_rows_are_quarantined_with_a_reason_each(ratings) -> None:  # noqa: ANN001
+    root, manifest, _ = ratings
+    assert manifest["counts"]["quarantined"] == EXPECTED_QUARANTINE
+    assert manifest["counts"]["duplicates"] == 1
+    q = pd.read_parquet(root / "out" / "quarantine" / "events")
+    assert sorted(q["reason"]) == sorted(EXPECTED_QUARANTINE)
+    assert q.loc[q.reason == "bad_ts", "ts"].item() == "2024-13-45 99:00"
+
+
+def test_lt_counts_active_days_in_the_window_starting_that_day(ratings) -> None:  # noqa: ANN001
+    _, _, ex = ratings
+    days = _all_events().assign(day=lambda d: d.ts.dt.floor("D"))
+    active = days.groupby("user_id")["day"].apply(lambda s: sorted(set(s)))
+    for r in ex.itertuples():
+        d0 = r.ts.floor("D")
+        mine = active[r.user_id]
+        assert r.lt7 == sum(d0 <= d < d0 + pd.Timedelta(days=7) for d in mine)
+        assert r.lt14 == sum(d0 <= d < d0 + pd.Timedelta(days=14) for d in mine)
+    # Hand-checked: u1 on day 0 is active on days 0, 2, 3 (7-day window) and also 9 (14-day).
+    first = ex[(ex.user_id == "u1") & (ex.item_id == "i1")].iloc[0]
+    assert (first.lt7, first.lt14) == (3, 4)
+    # u2 on day 1: days 1, 2 (tag), 4, 5, 6 within 7 days.
+    u2 = ex[(ex.user_id == "u2") & (ex.item_id == "i1")].iloc[0]
+    assert (u2.lt7, u2.lt14) == (5, 5)
+
+
+def test_history_holds_the_last_positives_strictly_before_the_event(ratings) -> None:  # noqa: ANN001
+    _, _, ex = ratings
+    pos = _positives()
+    for r in ex.itertuples():
+        before = pos[(pos.user_id == r.user_id) & (pos.ts < r.ts)].sort_values(["ts", "item_id"])
+        assert list(r.history) == list(before.item_id)[-2:], (r.user_id, r.item_id, r.ts)
+        assert list(r.s_history) == list(r.history)
+
+
+def test_history_never_contains_the_event_itself_or_ties_in_time(ratings) -> None:  # noqa: ANN001
+    _, _, ex = ratings
+    same_ts = ex[(ex.user_id == "u1") & (ex.ts == _ts(0, 10))]
+    assert len(same_ts) == 2
+    assert all(len(h) == 0 for h in same_ts.history)
+    pos = _positives()
+    for r in ex.itertuples():
+        later = set(pos[(pos.user_id == r.user_id) & (pos.ts >= r.ts)].item_id)
+        earlier = set(pos[(pos.user_id == r.user_id) & (pos.ts < r.ts)].item_id)
+        assert not (set(r.history) & (later - earlier))
+
+
+def test_dense_features_count_only_strictly_earlier_events(ratings) -> None:  # noqa: ANN001
+    _, _, ex = ratings
+    ev = _all_events()
+    pos = _positives()
+    for r in ex.itertuples():
+        n_user = int(((ev.user_id == r.user_id) & (ev.ts < r.ts)).sum())
+        n_item = int(((ev.item_id == r.item_id) & (ev.ts < r.ts)).sum())
+        p_item = int(((pos.item_id == r.item_id) & (pos.ts < r.ts)).sum())
+        assert r.d_user_prior_events == pytest.approx(math.log1p(n_user), rel=1e-6)
+        assert r.d_item_prior_events == pytest.approx(math.log1p(n_item), rel=1e-6)
+        assert r.d_item_prior_positives == pytest.approx(math.log1p(p_item), rel=1e-6)
+    assert ex.d_item_age_days.min() >= 0.0
+    i1_day0 = ex[(ex.user_id == "u1") & (ex.item_id == "i1")].iloc[0]
+    assert i1_day0.d_item_age_days == pytest.approx(10 + 10 / 24, rel=1e-5)
+
+
+def test_examples_are_split_by_the_configured_dates(ratings) -> None:  # noqa: ANN001
+    _, manifest, ex = ratings
+    v, t = pd.Timestamp("2024-01-20", tz="UTC"), pd.Timestamp("2024-01-25", tz="UTC")
+    want = np.where(ex.ts < v, "train", np.where(ex.ts < t, "valid", "test"))
+    assert list(ex.split) == list(want)
+    assert manifest["split"]["valid_from"].startswith("2024-01-20T00:00:00")
+    counts = manifest["counts"]
+    assert (counts["train"], counts["valid"], counts["test"]) == tuple(
+        int((ex.split == s).sum()) for s in ("train", "valid", "test")
+    )
+
+
+def test_sparse_features_follow_the_naming_rule(ratings) -> None:  # noqa: ANN001
+    _, manifest, ex = ratings
+    f = manifest["features"]
+    assert set(f["user"]) == {"s_user", "s_history", "s_user_concepts", "s_user_age"}
+    assert set(f["item"]) == {"s_item", "s_item_concepts", "s_item_creator"}
+    assert {"s_hour", "s_weekday"} <= set(f["sparse"])
+    row = ex[(ex.user_id == "u1") & (ex.item_id == "i3") & (ex.label == 0)].iloc[0]
+    assert list(row.s_item_creator) == []  # null attribute -> empty list
+    assert list(row.s_user_age) == ["18-24"]
+    assert list(row.s_item_concepts) == []
+    assert list(row.s_hour) == ["9"] and list(row.s_weekday) == ["Wed"]
+    u3 = ex[ex.user_id == "u3"].iloc[0]
+    assert list(u3.s_user_concepts) == []
+
+
+def test_feature_stats_count_distinct_and_frequent_values(ratings) -> None:  # noqa: ANN001
+    _, manifest, ex = ratings
+    stats = manifest["features"]["stats"]
+    assert stats["s_item"]["distinct"] == ex.item_id.nunique()
+    top_item, top_count = stats["s_item"]["top"][0]
+    assert top_count == ex.item_id.value_counts().max()
+    assert ex.item_id.value_counts()[top_item] == top_count
+    hist = stats["s_user"]["histogram"]
+    assert sum(hist.values()) == ex.user_id.nunique()
+    assert stats["s_user_concepts"]["empty_rows"] == int((ex.user_id != "u1").sum())
+
+
+def test_examples_follow_the_contract(ratings) -> None:  # noqa: ANN001
+    root, manifest, _ = ratings
+    table = ds.dataset(
+        root / "out" / "examples",
+        format="parquet",
+        partitioning="hive",
+        exclude_invalid_files=True,
+    ).to_table()
+    table = table.set_column(
+        table.schema.get_field_index("split"), "split", table["split"].cast(pa.string())
+    )
+    report = validate_table(table, EXAMPLES, sparse=manifest["features"]["sparse"])
+    assert report.ok, str(report)
+    for name in manifest["features"]["dense"]:
+        assert table.schema.field(name).type == pa.float32()
+    assert manifest["schema"]["ts"] == "timestamp[ms, tz=UTC]"
+
+
+def test_rerun_is_idempotent(spark, ratings) -> None:  # noqa: ANN001
+    root, manifest, ex = ratings
+    again = job.run(ratings_config(), root / "raw", root / "out", spark)
+    assert again == manifest
+    pd.testing.assert_frame_equal(read_examples(root / "out"), ex)
+    assert not [p for p in (root / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_too_many_bad_rows_fail_and_keep_the_previous_output(spark, ratings) -> None:  # noqa: ANN001
+    root, manifest, ex = ratings
+    before = (root / "out" / "examples" / "manifest.json").read_text()
+    with pytest.raises(job.DataQualityError) as err:
+        job.run(ratings_config(max_bad_fraction=0.01), root / "raw", root / "out", spark)
+    msg = str(err.value)
+    assert msg.startswith("events: ") and "> limit 1.0%" in msg
+    for reason in EXPECTED_QUARANTINE:
+        assert f"{reason}: 1" in msg
+    assert (root / "out" / "examples" / "manifest.json").read_text() == before
+    pd.testing.assert_frame_equal(read_examples(root / "out"), ex)
+    rejected = pd.read_parquet(root / "out" / "quarantine.rejected" / "events")
+    assert len(rejected) == len(EXPECTED_QUARANTINE)
+
+
+# ----------------------------------------------------------------------------- clicks world
+
+
+def write_click_world(raw: Path, n_users: int = 6, n_days: int = 10) -> pd.DataFrame:
+    """Every shown item an impression; a click has the same user, item and ts (simulator rule)."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for u in range(n_users):
+        for d in range(n_days):
+            if rng.random() < 0.3:
+                continue
+            ts = _ts(d, float(rng.integers(0, 24)))
+            for i in rng.choice(8, size=3, replace=False):
+                rows.append((f"u{u}", f"i{i}", ts, "impression", None))
+                if rng.random() < 0.4:
+                    rows.append((f"u{u}", f"i{i}", ts, "click", float(rng.integers(1, 60))))
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "event", "value"])
+    raw.mkdir(parents=True)
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("ts", pa.timestamp("ms", "UTC")),
+            ("event", pa.string()),
+            ("value", pa.float64()),
+        ]
+    )
+    pq.write_table(
+        pa.Table.from_pandas(events, schema=schema, preserve_index=False), raw / "events.parquet"
+    )
+    pq.write_table(
+        pa.table(
+            {"item_id": [f"i{i}" for i in range(8)], "concepts": [[f"c{i % 3}"] for i in range(8)]}
+        ),
+        raw / "items.parquet",
+    )
+    return events
+
+
+@pytest.fixture(scope="module")
+def clicks(spark, tmp_path_factory):  # noqa: ANN001, ANN201
+    root = tmp_path_factory.mktemp("clicks")
+    events = write_click_world(root / "raw")
+    cfg = parse_config(
+        {
+            "name": "sim",
+            "source": {"kind": "simulator"},
+            "prepare": {
+                "label": {"kind": "click"},
+                "history_length": 3,
+                "split": {"valid_fraction": 0.2, "test_fraction": 0.2},
+            },
+        }
+    )
+    manifest = job.run(cfg, root / "raw", root / "out", spark)
+    return events, manifest, read_examples(root / "out")
+
+
+def test_impressions_with_a_click_at_the_same_ts_are_positive(clicks) -> None:  # noqa: ANN001
+    events, manifest, ex = clicks
+    clicked = {(r.user_id, r.item_id, r.ts) for r in events[events.event == "click"].itertuples()}
+    imps = events[events.event == "impression"]
+    assert len(ex) == len(imps)
+    for r in ex.itertuples():
+        assert r.label == int((r.user_id, r.item_id, r.ts) in clicked)
+    assert manifest["counts"]["positives"] == len(clicked)
+
+
+def test_clicked_items_enter_history_only_after_their_impression_time(clicks) -> None:  # noqa: ANN001
+    events, _, ex = clicks
+    cl = events[events.event == "click"]
+    for r in ex.itertuples():
+        before = cl[(cl.user_id == r.user_id) & (cl.ts < r.ts)].sort_values(["ts", "item_id"])
+        assert list(r.history) == list(before.item_id)[-3:]
+
+
+def test_quantile_split_is_by_time_not_random(clicks) -> None:  # noqa: ANN001
+    _, manifest, ex = clicks
+    by = {s: ex[ex.split == s].ts for s in ("train", "valid", "test")}
+    assert by["train"].max() < by["valid"].min() <= by["valid"].max() < by["test"].min()
+    valid_from = pd.Timestamp(manifest["split"]["valid_from"])
+    assert by["train"].max() < valid_from <= by["valid"].min()
+    n = len(ex)
+    assert 0.1 * n <= len(by["test"]) <= 0.35 * n
+
+
+def test_dwell_rule_labels_clicks_by_their_seconds(spark) -> None:  # noqa: ANN001
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = [
+        ("u", "a", t, "impression", None),
+        ("u", "a", t, "click", 30.0),
+        ("u", "b", t, "impression", None),
+        ("u", "b", t, "click", 5.0),
+        ("u", "c", t, "impression", None),
+    ]
+    df = spark.createDataFrame(
+        pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "event", "value"])
+    ).selectExpr("*", "unix_millis(ts) AS ts_ms", "0 AS day")
+    cfg = ratings_config(label={"kind": "dwell", "threshold": 10.0})
+    got = job.label_examples(df, cfg.prepare).toPandas()
+    assert dict(zip(got.item_id, got.label, strict=True)) == {"a": 1, "b": 0, "c": 0}
