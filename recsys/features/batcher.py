@@ -14,6 +14,7 @@ the same number of full batches (what synchronous data-parallel training needs);
 
 Featurisation (``table_to_batch``, shared with serving and batch jobs): each sparse value is
 ``to_int64(hash_values(str(value), salt=0))``; the embedding modules derive table rows from it.
+Dense columns are standardised with the manifest's ``dense_stats`` (``FeatureSpec.dense_scale``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Batch:
 
     Attributes:
         sparse: keys = ``spec.sparse``; values ``int64`` raw hashes (salt 0), lengths ``int32``.
-        dense: ``(B, len(spec.dense))`` float32 (nulls -> 0).
+        dense: ``(B, len(spec.dense))`` float32; columns with ``spec.dense_scale`` are
+            standardised (``(x - mean) / std``), nulls -> 0.
         labels: ``(B,)`` float32 in {0, 1}.
         lt7: ``(B,)`` float32 when the column exists and is not entirely null (NaN where null).
         user_ids: ``(B,)`` object array of user ids (for GAUC), when the column exists.
@@ -143,7 +145,15 @@ def table_to_batch(table: pa.Table, spec: FeatureSpec) -> Batch:
         stride=b,
     )
     if spec.dense:
-        dense = np.stack([_float_column(table, c, 0.0) for c in spec.dense], axis=1)
+        cols = []
+        for c in spec.dense:
+            if c in spec.dense_scale:
+                mean, std = spec.dense_scale[c]
+                x = _float_column(table, c, mean)
+                cols.append(((x - np.float32(mean)) / np.float32(std)).astype(np.float32))
+            else:
+                cols.append(_float_column(table, c, 0.0))
+        dense = np.stack(cols, axis=1)
     else:
         dense = np.zeros((b, 0), dtype=np.float32)
     names = table.column_names

@@ -22,6 +22,11 @@ class FeatureSpec:
         item: item-side sparse columns (``s_item``, ``s_item_*``).
         cardinality: distinct values per sparse column (manifest ``stats[col].distinct``);
             sizes collisionless tables and budget fractions. Columns without stats are absent.
+        dense_scale: ``(mean, std)`` per dense column (manifest ``dense_stats``); featurisation
+            standardises those columns to ``(x - mean) / std`` (nulls -> 0, i.e. the mean).
+            Raw dense features such as item age in days (up to hundreds) otherwise reach the
+            DCN-v2 cross layers unscaled, whose products then overflow the logits. Columns
+            without stats (or with std 0) are passed through unchanged.
     """
 
     sparse: tuple[str, ...]
@@ -29,6 +34,7 @@ class FeatureSpec:
     user: tuple[str, ...] = ()
     item: tuple[str, ...] = ()
     cardinality: Mapping[str, int] = field(default_factory=dict)
+    dense_scale: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("sparse", "dense", "user", "item"):
@@ -41,6 +47,19 @@ class FeatureSpec:
             if unknown:
                 raise SpecError(f"FeatureSpec.{side}: {unknown} are not sparse features")
         object.__setattr__(self, "cardinality", {k: int(v) for k, v in self.cardinality.items()})
+        unknown = [c for c in self.dense_scale if c not in self.dense]
+        if unknown:
+            raise SpecError(f"FeatureSpec.dense_scale: {unknown} are not dense features")
+        scale: dict[str, tuple[float, float]] = {}
+        for c, ms in self.dense_scale.items():
+            try:
+                mean, std = (float(v) for v in ms)
+            except (TypeError, ValueError):
+                raise SpecError(
+                    f"FeatureSpec.dense_scale[{c!r}]: expected (mean, std), got {ms!r}"
+                ) from None
+            scale[c] = (mean, std)
+        object.__setattr__(self, "dense_scale", scale)
 
     def __hash__(self) -> int:
         return hash((self.sparse, self.dense, self.user, self.item))
@@ -65,12 +84,27 @@ class FeatureSpec:
                         f"manifest: features.stats.{col}.distinct is {s['distinct']!r}, "
                         "expected an int"
                     ) from None
+        dense = tuple(feats.get("dense") or ())
+        dstats = feats.get("dense_stats") or {}
+        scale: dict[str, tuple[float, float]] = {}
+        for col in dense:
+            s = dstats.get(col)
+            if not isinstance(s, Mapping) or s.get("mean") is None or not s.get("std"):
+                continue
+            try:
+                scale[col] = (float(s["mean"]), float(s["std"]))
+            except (TypeError, ValueError):
+                raise SpecError(
+                    f"manifest: features.dense_stats.{col} has mean {s.get('mean')!r}, "
+                    f"std {s.get('std')!r}; expected numbers"
+                ) from None
         return cls(
             sparse=tuple(sparse),
-            dense=tuple(feats.get("dense") or ()),
+            dense=dense,
             user=tuple(feats.get("user") or ()),
             item=tuple(feats.get("item") or ()),
             cardinality=card,
+            dense_scale=scale,
         )
 
     def cardinality_of(self, column: str) -> int:
@@ -90,6 +124,7 @@ class FeatureSpec:
             "user": list(self.user),
             "item": list(self.item),
             "cardinality": dict(self.cardinality),
+            "dense_scale": {c: list(ms) for c, ms in self.dense_scale.items()},
         }
 
     @classmethod
@@ -102,4 +137,5 @@ class FeatureSpec:
             user=tuple(d.get("user", ())),
             item=tuple(d.get("item", ())),
             cardinality=dict(d.get("cardinality", {})),
+            dense_scale={c: tuple(ms) for c, ms in (d.get("dense_scale") or {}).items()},
         )

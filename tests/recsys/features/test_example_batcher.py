@@ -157,3 +157,20 @@ def test_vocabulary_holds_every_train_value_once(examples_dir, spec):
         expected = np.sort(to_int64(hash_values(sorted(values))))
         np.testing.assert_array_equal(vocab[col], expected)
         assert len(vocab[col]) == spec.cardinality[col]
+
+
+def test_dense_columns_with_stats_are_standardised_and_nulls_land_on_the_mean():
+    spec = FeatureSpec(
+        sparse=("s_x",), dense=("d_age", "d_raw"), dense_scale={"d_age": (100.0, 50.0)}
+    )
+    t = pa.table(
+        {
+            "s_x": pa.array([["a"], ["b"], ["c"]], pa.list_(pa.string())),
+            "d_age": pa.array([0.0, 350.0, None], pa.float32()),
+            "d_raw": pa.array([1.5, None, 2.0], pa.float32()),
+            "label": pa.array([1, 0, 1], pa.int8()),
+        }
+    )
+    dense = table_to_batch(t, spec).dense.numpy()
+    np.testing.assert_allclose(dense[:, 0], [-2.0, 5.0, 0.0])
+    np.testing.assert_allclose(dense[:, 1], [1.5, 0.0, 2.0])

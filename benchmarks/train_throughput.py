@@ -1,0 +1,349 @@
+"""Training throughput and peak memory: unified vs collisionless tables, same DCN-v2 ranker.
+
+Every measurement is one fresh child process running the real training path
+(``recsys.training.train``: ``ExampleBatcher`` with its prefetch thread, id remapping inside
+the embedding module, ``DistributedModelParallel`` with FBGEMM's fused row-wise Adagrad, AdamW
+on the dense part) for a few epochs; the child reports the last epoch's examples/s (the
+trainer's own timer: training steps only, no validation) and its peak RSS. Kinds are
+interleaved within every repetition (order alternating), so machine noise hits all alike;
+the table shows medians and the ratio to collisionless.
+
+    .venv/bin/python benchmarks/train_throughput.py                 # 5 repetitions
+    .venv/bin/python benchmarks/train_throughput.py --profile       # + where the time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIGS = {"movielens": "configs/movielens.yaml", "simulated": "configs/simulated.yaml"}
+# name -> (embedding.kind, budget_fraction)
+KINDS: dict[str, tuple[str, float | None]] = {
+    "collisionless": ("collisionless", None),
+    "unified@1": ("unified", 1.0),
+    "unified@1/4": ("unified", 0.25),
+}
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process (MiB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_config(dataset: str, kind: str, epochs: int, threads: int, batch_size: int | None):
+    from recsys.config import load_config
+
+    base = load_config(ROOT / CONFIGS[dataset])
+    emb_kind, fraction = KINDS[kind]
+    train_update: dict[str, Any] = {
+        "epochs": epochs,
+        "patience": epochs + 1,
+        "progress": False,
+        "num_threads": threads,
+    }
+    if batch_size:
+        train_update["batch_size"] = batch_size
+    return base.model_copy(
+        update={
+            "embedding": base.embedding.model_copy(
+                update={"kind": emb_kind, "budget_fraction": fraction}
+            ),
+            "train": base.train.model_copy(update=train_update),
+        }
+    )
+
+
+def child(args: argparse.Namespace) -> int:
+    """One measurement: train, print one JSON line."""
+    import torch
+
+    from recsys.training import train
+    from recsys.training.trainer import build_model, read_spec
+
+    torch.set_num_threads(args.threads)
+    cfg = child_config(args.dataset, args.kind, args.epochs, args.threads, args.batch_size)
+    exdir = ROOT / cfg.out / "examples"
+    base_rss = rss_mib()
+    prof = cProfile.Profile() if args.profile_out else None
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        result = train(cfg, exdir, tmp, resume=False)
+        if prof:
+            prof.disable()
+        wall = time.perf_counter() - t0
+    params = build_model(cfg, read_spec(exdir), exdir).embedding.num_embedding_parameters()
+    out = {
+        "kind": args.kind,
+        "examples_per_s": result.metrics[-1]["examples_per_s"],
+        "examples_per_s_epochs": [m["examples_per_s"] for m in result.metrics],
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_after_imports_mib": base_rss,
+        "embedding_params": params,
+        "wall_s": wall,
+    }
+    if prof:
+        prof.dump_stats(args.profile_out)
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def run_child(args: argparse.Namespace, kind: str, profile_out: str | None = None) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--kind",
+        kind,
+        "--dataset",
+        args.dataset,
+        "--epochs",
+        str(args.epochs),
+        "--threads",
+        str(args.threads),
+    ]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    if profile_out:
+        cmd += ["--profile-out", profile_out]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"child {kind} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+# -- profile -------------------------------------------------------------------------------
+
+
+def phase_profile(dataset: str, kind: str, threads: int, steps: int = 40) -> dict[str, float]:
+    """Milliseconds per batch of each stage of one training step, measured in isolation:
+    featurisation (Parquet -> hashed KJT), id remapping, and the DMP step split by
+    ``torch.profiler`` into embedding lookup (fwd+bwd, fused optimizer included), the rest of
+    forward/backward, and the dense optimizer."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from recsys.features.batcher import ExampleBatcher
+    from recsys.training.distributed import dense_parameters, init_distributed, shard
+    from recsys.training.trainer import build_model, read_spec, training_loss
+
+    torch.set_num_threads(threads)
+    cfg = child_config(dataset, kind, 1, threads, None)
+    exdir = ROOT / cfg.out / "examples"
+    spec = read_spec(exdir)
+    env = init_distributed()
+    try:
+        torch.manual_seed(0)
+        inner = build_model(cfg, spec, exdir)
+        model = shard(inner, env, embedding_lr=cfg.train.lr_embedding)
+        bare = model.module
+        opt = torch.optim.AdamW(dense_parameters(model), lr=cfg.train.lr_dense)
+        batcher = ExampleBatcher(exdir, "train", spec, cfg.train.batch_size, prefetch=0)
+        t = time.perf_counter()
+        batches = []
+        for b in batcher:
+            batches.append(b)
+            if len(batches) == steps + 5:
+                break
+        featurise = (time.perf_counter() - t) / len(batches) * 1e3
+        emb = inner.embedding
+        t = time.perf_counter()
+        for b in batches:
+            emb.remap(b.sparse)
+        remap = (time.perf_counter() - t) / len(batches) * 1e3
+
+        def step(b: Any) -> None:
+            loss = training_loss(model, bare, b, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for b in batches[:5]:
+            step(b)
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for b in batches[5:]:
+                step(b)
+        total = (time.perf_counter() - t) / steps * 1e3
+        ev = {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+        lookup = sum(v for k, v in ev.items() if "fbgemm" in k or "embedding" in k.lower())
+        optim = sum(v for k, v in ev.items() if "Optimizer" in k or "adamw" in k.lower())
+        top = sorted(ev.items(), key=lambda kv: -kv[1])[:8]
+    finally:
+        env.close()
+    return {
+        "featurise_ms": featurise,
+        "remap_ms": remap,
+        "step_ms": total,
+        "ebc_lookup_and_fused_update_ms": lookup,
+        "dense_optimizer_ms": optim,
+        "top_ops_ms": {k: round(v, 3) for k, v in top},
+    }
+
+
+def cprofile_summary(path: str, n: int = 18) -> str:
+    s = io.StringIO()
+    pstats.Stats(path, stream=s).sort_stats("tottime").print_stats(n)
+    return s.getvalue()
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0]
+    return f"{cpu}, {os.cpu_count()} cores, load avg {load:.1f}, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="movielens", choices=sorted(CONFIGS))
+    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=2, help="epochs per child; last one is timed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--profile", action="store_true", help="also print where the time goes")
+    p.add_argument("--out", default=str(RESULTS / "train_throughput.json"))
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--kind", help=argparse.SUPPRESS)
+    p.add_argument("--profile-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    from tqdm import tqdm
+
+    kinds = args.kinds.split(",")
+    manifest = json.loads((ROOT / f"runs/{args.dataset}/examples/manifest.json").read_text())
+    print(f"# machine: {machine()}; {args.threads} torch thread(s) per child")
+    print(
+        f"# data: {args.dataset} train split, {manifest['counts']['train']:,} rows; "
+        f"{args.epochs} epochs per child, last epoch timed (trainer's examples/s); "
+        f"{args.reps} repetitions, kinds interleaved (order alternates)"
+    )
+    print("# model: configs DCN-v2 ranker; fused row-wise Adagrad (DMP, CPU) + AdamW")
+    sys.stdout.flush()
+    samples: dict[str, list[dict]] = {k: [] for k in kinds}
+    bar = tqdm(total=args.reps * len(kinds), desc="children", unit="run", file=sys.stderr)
+    for rep in range(args.reps):
+        order = kinds if rep % 2 == 0 else kinds[::-1]
+        for k in order:
+            samples[k].append(run_child(args, k))
+            bar.update(1)
+    bar.close()
+
+    rows = []
+    ref = samples.get("collisionless")
+    ref_eps = np.median([s["examples_per_s"] for s in ref]) if ref else float("nan")
+    ref_rss = np.median([s["peak_rss_mib"] for s in ref]) if ref else float("nan")
+    for k in kinds:
+        eps = np.array([s["examples_per_s"] for s in samples[k]])
+        rss = np.array([s["peak_rss_mib"] for s in samples[k]])
+        base = np.array([s["rss_after_imports_mib"] for s in samples[k]])
+        rows.append(
+            {
+                "kind": k,
+                "embedding_params": samples[k][0]["embedding_params"],
+                "examples_per_s_median": float(np.median(eps)),
+                "examples_per_s_min": float(eps.min()),
+                "examples_per_s_max": float(eps.max()),
+                "ratio_vs_collisionless": float(np.median(eps) / ref_eps),
+                "peak_rss_mib_median": float(np.median(rss)),
+                "peak_rss_above_imports_mib_median": float(np.median(rss - base)),
+                "rss_ratio_vs_collisionless": float(np.median(rss) / ref_rss),
+            }
+        )
+    print()
+    print(
+        "| tables | emb. params | examples/s (median) | min–max | × collisionless "
+        "| peak RSS MiB | above imports | × collisionless |"
+    )
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['kind']} | {r['embedding_params']:,} | {r['examples_per_s_median']:,.0f} "
+            f"| {r['examples_per_s_min']:,.0f}–{r['examples_per_s_max']:,.0f} "
+            f"| {r['ratio_vs_collisionless']:.2f} | {r['peak_rss_mib_median']:.0f} "
+            f"| {r['peak_rss_above_imports_mib_median']:.0f} "
+            f"| {r['rss_ratio_vs_collisionless']:.2f} |"
+        )
+    payload: dict[str, Any] = {
+        "setup": {
+            "machine": machine(),
+            "dataset": args.dataset,
+            "train_rows": manifest["counts"]["train"],
+            "epochs": args.epochs,
+            "reps": args.reps,
+            "threads": args.threads,
+        },
+        "summary": rows,
+        "samples": samples,
+        "command": " ".join(["benchmarks/train_throughput.py", *(argv or sys.argv[1:])]),
+    }
+    if args.profile:
+        payload["profile"] = {}
+        print("\n# phase profile (ms per batch of", manifest and "1024 rows)")
+        print("| tables | featurise | remap | DMP step | EBC lookup+fused update | AdamW |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for k in kinds:
+            ph = phase_profile(args.dataset, k, args.threads)
+            payload["profile"][k] = ph
+            print(
+                f"| {k} | {ph['featurise_ms']:.2f} | {ph['remap_ms']:.2f} | {ph['step_ms']:.2f} "
+                f"| {ph['ebc_lookup_and_fused_update_ms']:.2f} | {ph['dense_optimizer_ms']:.2f} |"
+            )
+            print(f"#   top ops: {ph['top_ops_ms']}")
+        with tempfile.TemporaryDirectory() as tmp:
+            for k in kinds[:2]:
+                path = str(Path(tmp) / f"{k}.prof")
+                run_child(args, k, profile_out=path)
+                text = cprofile_summary(path)
+                payload["profile"][f"cprofile_{k}"] = text
+                print(f"\n# cProfile of one training child ({k}), main thread, by own time")
+                print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"# wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,501 @@
+"""Test AUC vs embedding parameters: collisionless vs per-feature hashing vs unified embedding.
+
+For each dataset (examples built by the real pipeline, ``recsys pipeline --stages
+source,prepare``) and each seed, trains the same DCN-v2 ranker with the same training settings
+(``recsys.training.train``: fused row-wise Adagrad on the tables, AdamW on the rest, the epoch
+with the best validation AUC kept) and only the embedding changed:
+
+- ``collisionless``: one row per training value of every feature (+ one OOV row);
+- ``hashing`` / ``unified`` at budgets 1, 1/4, 1/16, 1/64 of the collisionless parameter
+  count (``EmbeddingConfig.budget_fraction``).
+
+The best-validation checkpoint is then scored on the test split (sklearn ``roc_auc_score``).
+Prints the setup and a table (mean, std, min-max over seeds), writes JSON and a Pareto plot.
+
+    .venv/bin/python benchmarks/unified_pareto.py            # full run (3 seeds)
+    .venv/bin/python benchmarks/unified_pareto.py --quick    # 1 seed, smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recsys.config import PipelineConfig, load_config  # noqa: E402
+from recsys.embeddings import collisionless_parameters  # noqa: E402
+from recsys.features.batcher import ExampleBatcher  # noqa: E402
+from recsys.training import train  # noqa: E402
+from recsys.training.checkpoint import BEST, load_model_weights  # noqa: E402
+from recsys.training.trainer import build_model, read_spec  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
+CONFIGS = {"movielens": "configs/movielens.yaml", "simulated": "configs/simulated.yaml"}
+
+
+@dataclass
+class Run:
+    """One trained model and its scores."""
+
+    dataset: str
+    method: str
+    budget: float
+    seed: int
+    params: int
+    test_auc: float
+    valid_auc: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+
+
+def examples_dir(cfg: PipelineConfig, config_path: str) -> Path:
+    """The cached examples of ``cfg``, produced with the real pipeline when missing."""
+    d = ROOT / cfg.out / "examples"
+    if not (d / "manifest.json").exists():
+        cmd = [
+            str(ROOT / ".venv/bin/recsys"),
+            "pipeline",
+            "--config",
+            config_path,
+            "--stages",
+            "source,prepare",
+        ]
+        print(f"# {d} missing; running: {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    return d
+
+
+def subsample_train(exdir: Path, rows: int, seed: int = 0) -> Path:
+    """A copy of ``exdir`` whose train split is ``rows`` uniformly sampled rows (valid and test
+    are the original files, linked); cached beside it. Keeps the benchmark within minutes on
+    large simulated worlds; the manifest records the sampling."""
+    manifest = json.loads((exdir / "manifest.json").read_text())
+    n = int(manifest["counts"]["train"])
+    if rows >= n:
+        return exdir
+    out = exdir.parent / f"{exdir.name}_train{rows}_seed{seed}"
+    if (out / "manifest.json").exists():
+        return out
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.features.batcher import read_split
+
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    (tmp / "split=train").mkdir(parents=True)
+    table = read_split(exdir, "train")
+    keep = np.sort(np.random.default_rng(seed).choice(table.num_rows, rows, replace=False))
+    pq.write_table(
+        table.take(pa.array(keep)), tmp / "split=train" / "part-0.parquet", row_group_size=16384
+    )
+    for split in ("valid", "test"):
+        (tmp / f"split={split}").symlink_to((exdir / f"split={split}").resolve())
+    manifest["counts"] = {**manifest["counts"], "train": rows, "train_before_subsample": n}
+    manifest["subsample"] = {"train_rows": rows, "of": n, "seed": seed, "source": str(exdir)}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    tmp.rename(out)
+    return out
+
+
+def label_rule(manifest: dict[str, Any]) -> str:
+    """The label rule in words (from the manifest's ``label_rule``)."""
+    rule = manifest.get("label_rule") or {}
+    if rule.get("kind") == "rating":
+        t, lo = rule.get("threshold"), rule.get("drop_between")
+        dropped = f"ratings in [{lo}, {t}) dropped, " if lo is not None else ""
+        return f"rating >= {t} positive, {dropped}lower ratings negative"
+    if rule.get("kind") == "click":
+        return "click = positive, impression without click = negative"
+    return json.dumps(rule)
+
+
+@torch.no_grad()
+def test_auc(cfg: PipelineConfig, run_dir: Path, exdir: Path) -> float:
+    """AUC on the test split of the best-validation checkpoint in ``run_dir``."""
+    spec = read_spec(exdir)
+    model = build_model(cfg, spec, exdir)
+    model.load_state_dict(load_model_weights(run_dir / BEST))
+    model.eval()
+    probs, labels = [], []
+    for batch in ExampleBatcher(exdir, "test", spec, 4096, shuffle=False, prefetch=0):
+        probs.append(torch.sigmoid(model(batch.sparse, batch.dense).logits).numpy())
+        labels.append(batch.labels.numpy())
+    return float(roc_auc_score(np.concatenate(labels), np.concatenate(probs)))
+
+
+def run_one(
+    base: PipelineConfig,
+    exdir: Path,
+    dataset: str,
+    method: str,
+    budget: float,
+    seed: int,
+    overrides: dict[str, Any],
+) -> Run:
+    emb = {"kind": method, "budget_fraction": None if method == "collisionless" else budget}
+    emb.update(overrides.get("embedding", {}))
+    cfg = base.model_copy(
+        update={
+            "embedding": base.embedding.model_copy(update=emb),
+            "train": base.train.model_copy(
+                update={"seed": seed, "progress": False, **overrides.get("train", {})}
+            ),
+        }
+    )
+    quiet()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pareto-") as tmp:
+        result = train(cfg, exdir, tmp, resume=False)
+        auc = test_auc(cfg, Path(tmp), exdir)
+        spec = read_spec(exdir)
+        params = build_model(cfg, spec, exdir).embedding.num_embedding_parameters()
+    return Run(
+        dataset=dataset,
+        method=method,
+        budget=budget,
+        seed=seed,
+        params=params,
+        test_auc=auc,
+        valid_auc=float(result.best_metric or float("nan")),
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.metrics),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def quiet() -> None:
+    """Silence TorchRec/torch deprecation chatter so the progress bar stays readable."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    logging.getLogger("torchrec").setLevel(logging.ERROR)
+    logging.getLogger("torch").setLevel(logging.ERROR)
+
+
+def summarise(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per (dataset, method, budget): AUC mean/std/min/max over seeds, params."""
+    rows = []
+    keys = sorted(
+        {(r.dataset, r.method, r.budget) for r in runs},
+        key=lambda k: (k[0], -k[2], ["collisionless", "hashing", "unified"].index(k[1])),
+    )
+    for ds, m, b in keys:
+        rs = [r for r in runs if (r.dataset, r.method, r.budget) == (ds, m, b)]
+        auc = np.array([r.test_auc for r in rs])
+        rows.append(
+            {
+                "dataset": ds,
+                "method": m,
+                "budget": b,
+                "params": int(np.median([r.params for r in rs])),
+                "seeds": len(rs),
+                "auc_mean": float(auc.mean()),
+                "auc_std": float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
+                "auc_min": float(auc.min()),
+                "auc_max": float(auc.max()),
+                "valid_auc_mean": float(np.mean([r.valid_auc for r in rs])),
+                "best_epoch_mean": float(np.mean([r.best_epoch for r in rs])),
+                "seconds_mean": float(np.mean([r.seconds for r in rs])),
+            }
+        )
+    return rows
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset and budget: unified - hashing (and its spread), unified vs collisionless."""
+    out = []
+    for ds in sorted({r["dataset"] for r in rows}):
+        by = {(r["method"], r["budget"]): r for r in rows if r["dataset"] == ds}
+        cl = by.get(("collisionless", 1.0))
+        for b in sorted({r["budget"] for r in rows if r["dataset"] == ds}, reverse=True):
+            u, h = by.get(("unified", b)), by.get(("hashing", b))
+            if u is None or h is None:
+                continue
+            spread = max(u["auc_std"], h["auc_std"])
+            gain = u["auc_mean"] - h["auc_mean"]
+            row = {
+                "dataset": ds,
+                "budget": b,
+                "unified_minus_hashing": gain,
+                "seed_spread": spread,
+                "beats_hashing": bool(gain > spread) if u["seeds"] > 1 else None,
+                "ranges_disjoint": bool(u["auc_min"] > h["auc_max"]),
+            }
+            if cl is not None:
+                row["unified_vs_collisionless_rel"] = u["auc_mean"] / cl["auc_mean"] - 1.0
+                row["hashing_vs_collisionless_rel"] = h["auc_mean"] / cl["auc_mean"] - 1.0
+            out.append(row)
+    return out
+
+
+def budget_label(b: float) -> str:
+    return "1" if b == 1 else f"1/{round(1 / b)}"
+
+
+def print_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+    print()
+    print("| data | method | budget | emb. params | seeds | test AUC mean | std | min–max |")
+    print("|---|---|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(
+            f"| {r['dataset']} | {r['method']} | {budget_label(r['budget'])} | {r['params']:,} "
+            f"| {r['seeds']} | {r['auc_mean']:.4f} | {r['auc_std']:.4f} "
+            f"| {r['auc_min']:.4f}–{r['auc_max']:.4f} |"
+        )
+    print()
+    print(
+        "| data | budget | unified − hashing | seed spread (max std) | > spread | "
+        "unified vs collisionless | hashing vs collisionless |"
+    )
+    print("|---|---|---:|---:|---|---:|---:|")
+    for c in checks:
+        rel_u = c.get("unified_vs_collisionless_rel", float("nan"))
+        rel_h = c.get("hashing_vs_collisionless_rel", float("nan"))
+        print(
+            f"| {c['dataset']} | {budget_label(c['budget'])} | {c['unified_minus_hashing']:+.4f} "
+            f"| {c['seed_spread']:.4f} | {c['beats_hashing']} | {rel_u:+.2%} | {rel_h:+.2%} |"
+        )
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    style = {
+        "collisionless": ("k", "s"),
+        "hashing": ("tab:orange", "o"),
+        "unified": ("tab:blue", "^"),
+    }
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        for m, (color, marker) in style.items():
+            rs = sorted(
+                (r for r in rows if r["dataset"] == ds and r["method"] == m),
+                key=lambda r: r["params"],
+            )
+            if not rs:
+                continue
+            x = [r["params"] for r in rs]
+            y = [r["auc_mean"] for r in rs]
+            lo = [r["auc_mean"] - r["auc_min"] for r in rs]
+            hi = [r["auc_max"] - r["auc_mean"] for r in rs]
+            ax.errorbar(
+                x, y, yerr=[lo, hi], color=color, marker=marker, capsize=3, label=m,
+                linestyle="-" if len(rs) > 1 else "none",
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("embedding parameters (log)")
+        ax.set_ylabel("test AUC (mean, bars = min–max over seeds)")
+        ax.set_title(ds)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, load avg {load:.1f}, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", default="movielens,simulated")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
+    p.add_argument("--methods", default="collisionless,hashing,unified")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained in parallel processes")
+    p.add_argument(
+        "--sim-train-rows",
+        type=int,
+        default=200_000,
+        help="uniform sample of the simulated train split (valid/test stay whole); 0 = all",
+    )
+    p.add_argument("--quick", action="store_true", help="1 seed smoke run")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="shared override for every method (embedding.* or train.*), YAML value",
+    )
+    p.add_argument("--out", default=str(RESULTS / "unified_pareto.json"))
+    p.add_argument("--plot", default=str(RESULTS / "unified_pareto.png"))
+    args = p.parse_args(argv)
+
+    import yaml
+
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    budgets = [float(eval(b, {}, {})) for b in args.budgets.split(",")]  # "1/4" allowed
+    methods = args.methods.split(",")
+    overrides: dict[str, dict[str, Any]] = {"embedding": {}, "train": {}}
+    for s in args.sets:
+        key, _, value = s.partition("=")
+        section, _, field = key.partition(".")
+        if section not in overrides or not field:
+            raise SystemExit(f"--set {s!r}: expected embedding.KEY=VALUE or train.KEY=VALUE")
+        overrides[section][field] = yaml.safe_load(value)
+    if args.epochs is not None:
+        overrides["train"]["epochs"] = args.epochs
+    overrides["train"]["num_threads"] = args.threads
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.sim_train_rows = min(args.sim_train_rows or 10**9, 100_000)
+
+    plan: list[tuple[str, PipelineConfig, Path, str, float, int]] = []
+    setup: dict[str, Any] = {
+        "machine": machine(),
+        "threads": args.threads,
+        "jobs": args.jobs,
+        "seeds": seeds,
+        "budgets": budgets,
+        "methods": methods,
+        "overrides": overrides,
+        "datasets": {},
+    }
+    print(
+        f"# machine: {setup['machine']}; {args.jobs} runs in parallel, "
+        f"{args.threads} torch thread(s) each"
+    )
+    print(f"# seeds {seeds}; budgets {[budget_label(b) for b in budgets]} of collisionless")
+    for ds in args.datasets.split(","):
+        base = load_config(ROOT / CONFIGS[ds])
+        exdir = examples_dir(base, CONFIGS[ds])
+        if ds == "simulated" and args.sim_train_rows:
+            exdir = subsample_train(exdir, args.sim_train_rows)
+        manifest = json.loads((exdir / "manifest.json").read_text())
+        spec = read_spec(exdir)
+        counts = {k: manifest["counts"][k] for k in ("train", "valid", "test")}
+        emb_cfg = base.embedding.model_copy(update=overrides["embedding"])
+        full = collisionless_parameters(emb_cfg, spec, spec.sparse)
+        tc = base.train.model_copy(update=overrides["train"])
+        mc = base.model
+        setup["datasets"][ds] = {
+            "config": CONFIGS[ds],
+            "examples_dir": str(exdir.relative_to(ROOT)),
+            "counts": counts,
+            "label_rule": label_rule(manifest),
+            "subsample": manifest.get("subsample"),
+            "sparse": list(spec.sparse),
+            "dense": list(spec.dense),
+            "cardinality": dict(spec.cardinality),
+            "collisionless_params_from_manifest": full,
+            "model": mc.model_dump(mode="json"),
+            "embedding": emb_cfg.model_dump(mode="json"),
+            "train": tc.model_dump(mode="json"),
+        }
+        print(
+            f"# {ds}: {counts['train']:,} train / {counts['valid']:,} valid / "
+            f"{counts['test']:,} test rows; label: {setup['datasets'][ds]['label_rule']}"
+        )
+        if manifest.get("subsample"):
+            sub = manifest["subsample"]
+            print(f"#   train = uniform sample of {sub['train_rows']:,} of {sub['of']:,} rows")
+        print(
+            f"#   {len(spec.sparse)} sparse features (cardinalities {dict(spec.cardinality)}), "
+            f"{len(spec.dense)} dense; collisionless ~{full:,} embedding params"
+        )
+        print(
+            f"#   model: DCN-v2 cross_layers={mc.cross_layers} mlp={mc.mlp} lt_head={mc.lt_head}; "
+            f"emb dim={emb_cfg.dim} num_tables={emb_cfg.num_tables} probes={emb_cfg.probes} "
+            f"init=U(±{emb_cfg.init_scale}) pooling={emb_cfg.pooling}; dense standardised by "
+            f"manifest dense_stats; train: epochs={tc.epochs} "
+            f"(best valid AUC, patience {tc.patience}) batch={tc.batch_size} "
+            f"lr_emb={tc.lr_embedding} (row-wise Adagrad) lr_dense={tc.lr_dense} (AdamW)"
+        )
+        for seed in seeds:
+            for m in methods:
+                for b in [1.0] if m == "collisionless" else budgets:
+                    plan.append((ds, base, exdir, m, b, seed))
+    sys.stdout.flush()
+
+    runs: list[Run] = []
+    t_start = time.perf_counter()
+    bar = tqdm(total=len(plan), desc="runs", unit="run", file=sys.stderr)
+    if args.jobs <= 1:
+        for ds, base, exdir, m, b, seed in plan:
+            bar.set_postfix_str(f"{ds} {m} {budget_label(b)} seed {seed}")
+            runs.append(run_one(base, exdir, ds, m, b, seed, overrides))
+            bar.update(1)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=ctx, initializer=torch.set_num_threads, initargs=(args.threads,)
+        ) as pool:
+            futures = [
+                pool.submit(run_one, base, exdir, ds, m, b, seed, overrides)
+                for ds, base, exdir, m, b, seed in plan
+            ]
+            for fut in as_completed(futures):
+                r = fut.result()
+                runs.append(r)
+                bar.set_postfix_str(f"{r.dataset} {r.method} {budget_label(r.budget)} {r.seed}")
+                bar.update(1)
+    bar.close()
+    total = time.perf_counter() - t_start
+
+    rows = summarise(runs)
+    checks = verdicts(rows)
+    print_tables(rows, checks)
+    print(f"\n# {len(runs)} runs in {total / 60:.1f} min")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "setup": setup,
+        "summary": rows,
+        "checks": checks,
+        "runs": [asdict(r) for r in runs],
+        "total_seconds": total,
+        "command": " ".join(["benchmarks/unified_pareto.py", *(argv or sys.argv[1:])]),
+    }
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(out)
+    plot(rows, Path(args.plot))
+    print(f"# wrote {out} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
