@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StageError, FileNotFoundError, ValueError) as e:
         print(f"recsys {args.command}: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(out, indent=2, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
+        print(json.dumps(out, indent=2, default=str))
     return 0
 
 
