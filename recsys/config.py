@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -94,12 +102,26 @@ class LabelRule(Section):
 
 
 class SplitConfig(Section):
-    """Time-based split: train < valid_from <= valid < test_from <= test. Never random."""
+    """Chronological split, never random.
 
+    ``by="time"``: global cut-offs, train < valid_from <= valid < test_from <= test (dates
+    below, or quantiles of example ts at ``1 - valid - test`` and ``1 - test``).
+    ``by="user_time"``: per user, examples ordered by (ts, item_id); the last
+    ``floor(n * test_fraction)`` are test, the ``floor(n * valid_fraction)`` before them
+    valid, the rest train (a user with few examples keeps them all in train).
+    """
+
+    by: Literal["time", "user_time"] = "time"
     valid_from: str | None = None  # ISO date/time; None = derive from quantiles below
     test_from: str | None = None
     valid_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _dates_only_for_global_time(self) -> SplitConfig:
+        if self.by == "user_time" and (self.valid_from or self.test_from):
+            raise ValueError("valid_from/test_from apply to by='time' only, not 'user_time'")
+        return self
 
 
 class SparkConfig(Section):

@@ -37,9 +37,14 @@ Steps, all as Spark plans (nothing but small aggregates reaches the driver):
    counts), ``d_item_age_days`` (when items have ``created_ts``; >= 0);
 7. sparse features (``list<string>``, raw values) per the naming rule in docs/HELPERS.md plus
    context ``s_hour`` (``"0"``..``"23"``) and ``s_weekday`` (``"Mon"``..``"Sun"``);
-8. split by time: ``ts < valid_from`` train, ``< test_from`` valid, else test; cut-offs from
-   ``prepare.split`` (ISO dates, UTC when no offset) or ``approxQuantile`` of example ts;
-9. feature statistics (``spark_jobs.stats``) into the manifest.
+8. split, never random (``prepare.split.by``): ``time`` - ``ts < valid_from`` train,
+   ``< test_from`` valid, else test; cut-offs from ``prepare.split`` (ISO dates, UTC when no
+   offset) or ``approxQuantile`` of example ts; ``user_time`` - per user, examples ordered by
+   (ts, item_id): the last ``floor(n * test_fraction)`` test, the ``floor(n * valid_fraction)``
+   before them valid, the rest train (window functions; rows without a user_id fall back to
+   the global time cut-offs). Features are as-of each event either way;
+9. feature statistics (``spark_jobs.stats``) of the TRAIN split only into the manifest: they
+   size embedding tables and standardise dense inputs, so valid/test must not leak into them.
 """
 
 from __future__ import annotations
@@ -65,9 +70,19 @@ from spark_jobs.session import build_session  # noqa: E402
 from spark_jobs.stats import arrow_schema, dense_stats, sparse_stats  # noqa: E402
 from spark_jobs.storage import Storage  # noqa: E402
 
-__all__ = ["DataQualityError", "build_examples", "label_examples", "main", "read_raw_table", "run"]
+__all__ = [
+    "DataQualityError",
+    "build_examples",
+    "label_examples",
+    "main",
+    "read_raw_table",
+    "run",
+    "split_column",
+]
 
 DAY_MS = 86_400_000
+# Tolerance for floor(n * fraction): 30 * 0.1 must be 3 even when the product rounds below it.
+_FLOOR_EPS = 1e-9
 
 
 def _empty() -> F.Column:
@@ -381,6 +396,37 @@ def split_cutoffs(examples: DataFrame, prepare: PrepareConfig) -> tuple[int, int
     return v, t
 
 
+def split_column(prepare: PrepareConfig, cutoffs: tuple[int, int]) -> F.Column:
+    """``"train"|"valid"|"test"`` per example (needs ``user_id, item_id, ts_ms, label``).
+
+    ``by="time"``: global cut-offs ``(valid_from_ms, test_from_ms)``. ``by="user_time"``: the
+    user's last ``floor(n * test_fraction)`` examples in (ts, item_id) order are test, the
+    ``floor(n * valid_fraction)`` before them valid, the rest train; null user ids use the
+    global cut-offs.
+    """
+    valid_ms, test_ms = cutoffs
+    by_time = (
+        F.when(F.col("ts_ms") < valid_ms, "train")
+        .when(F.col("ts_ms") < test_ms, "valid")
+        .otherwise("test")
+    )
+    s = prepare.split
+    if s.by == "time":
+        return by_time
+    user = Window.partitionBy("user_id")
+    n = F.count(F.lit(1)).over(user)
+    # (ts, item_id) is unique per user after de-duplication; label only makes ties total.
+    from_end = n - F.row_number().over(user.orderBy("ts_ms", "item_id", "label"))
+    n_test = F.floor(n * s.test_fraction + _FLOOR_EPS)
+    n_valid = F.floor(n * s.valid_fraction + _FLOOR_EPS)
+    per_user = (
+        F.when(from_end < n_test, "test")
+        .when(from_end < n_test + n_valid, "valid")
+        .otherwise("train")
+    )
+    return F.when(F.col("user_id").isNull(), by_time).otherwise(per_user)
+
+
 def build_examples(
     good: DataFrame,
     items: DataFrame,
@@ -430,12 +476,7 @@ def build_examples(
     def one(c: str) -> F.Column:
         return F.when(F.col(c).isNull(), _empty()).otherwise(F.array(F.col(c).cast("string")))
 
-    valid_ms, test_ms = cutoffs
-    split = (
-        F.when(F.col("ts_ms") < valid_ms, "train")
-        .when(F.col("ts_ms") < test_ms, "valid")
-        .otherwise("test")
-    )
+    split = split_column(prepare, cutoffs)
     user_sparse = {
         "s_user": F.array("user_id"),
         "s_history": F.col("history"),
@@ -488,6 +529,38 @@ def build_examples(
 
 
 # ----------------------------------------------------------------------------- the job
+
+
+def _split_info(
+    prepare: PrepareConfig, cutoffs: tuple[int, int], per_split: dict[str, Any]
+) -> dict[str, Any]:
+    """Manifest ``split``. ``time``: the cut-offs used (fractions null when dates were given).
+    ``user_time``: ``valid_from``/``test_from`` are the earliest ts in valid/test (null when
+    empty), informative only: per-user splits overlap in global time."""
+    s = prepare.split
+    info: dict[str, Any] = {"by": s.by}
+    if s.by == "time":
+        explicit = s.valid_from is not None
+        info |= {
+            "valid_from": _iso(cutoffs[0]),
+            "test_from": _iso(cutoffs[1]),
+            "valid_fraction": None if explicit else s.valid_fraction,
+            "test_fraction": None if explicit else s.test_fraction,
+        }
+    else:
+
+        def earliest(name: str) -> str | None:
+            r = per_split.get(name)
+            return None if r is None or r["min_ts_ms"] is None else _iso(int(r["min_ts_ms"]))
+
+        info |= {
+            "valid_from": earliest("valid"),
+            "test_from": earliest("test"),
+            "valid_fraction": s.valid_fraction,
+            "test_fraction": s.test_fraction,
+            "order": ["ts", "item_id"],
+        }
+    return info
 
 
 def run(
@@ -578,13 +651,24 @@ def run(
         cached.clear()
 
         written = spark.read.parquet(f"{staging}/examples")
-        split_counts = {
-            r["split"]: int(r["count"]) for r in written.groupBy("split").count().collect()
+        per_split = {
+            r["split"]: r
+            for r in written.groupBy("split")
+            .agg(
+                F.count("*").alias("rows"),
+                F.countDistinct("user_id").alias("users"),
+                F.min(F.unix_millis("ts")).alias("min_ts_ms"),
+            )
+            .collect()
         }
+        split_counts = {s: int(r["rows"]) for s, r in per_split.items()}
         positives = written.filter(F.col("label") == 1).count()
         n_examples = sum(split_counts.values())
-        features["stats"] = sparse_stats(written, features["sparse"], prepare.top_values)
-        features["dense_stats"] = dense_stats(written, features["dense"])
+        # Train only: stats size tables and standardise dense inputs; valid/test would leak.
+        train = written.filter(F.col("split") == "train")
+        features["stats_split"] = "train"
+        features["stats"] = sparse_stats(train, features["sparse"], prepare.top_values)
+        features["dense_stats"] = dense_stats(train, features["dense"])
         label_events = (
             by_kind.get("rating", 0)
             if prepare.label.kind == "rating"
@@ -595,6 +679,10 @@ def run(
             "features": features,
             "counts": {
                 **{s: split_counts.get(s, 0) for s in ("train", "valid", "test")},
+                "users": {
+                    s: int(per_split[s]["users"]) if s in per_split else 0
+                    for s in ("train", "valid", "test")
+                },
                 "examples": n_examples,
                 "positives": positives,
                 "quarantined": quality.by_reason(),
@@ -606,7 +694,7 @@ def run(
                 "dropped_by_label_rule": label_events - n_examples,
             },
             "label_rule": prepare.label.model_dump(mode="json"),
-            "split": {"valid_from": _iso(cutoffs[0]), "test_from": _iso(cutoffs[1]), "by": "ts"},
+            "split": _split_info(prepare, cutoffs, per_split),
             "params": {
                 "prepare": prepare.model_dump(mode="json"),
                 "raw_dir": str(raw_dir),

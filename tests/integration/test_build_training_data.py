@@ -248,6 +248,7 @@ def test_sparse_features_follow_the_naming_rule(ratings) -> None:  # noqa: ANN00
 
 def test_feature_stats_count_distinct_and_frequent_values(ratings) -> None:  # noqa: ANN001
     _, manifest, ex = ratings
+    ex = ex[ex.split == "train"]  # statistics describe the training split only
     stats = manifest["features"]["stats"]
     assert stats["s_item"]["distinct"] == ex.item_id.nunique()
     top_item, top_count = stats["s_item"]["top"][0]
@@ -256,6 +257,31 @@ def test_feature_stats_count_distinct_and_frequent_values(ratings) -> None:  # n
     hist = stats["s_user"]["histogram"]
     assert sum(hist.values()) == ex.user_id.nunique()
     assert stats["s_user_concepts"]["empty_rows"] == int((ex.user_id != "u1").sum())
+
+
+def test_feature_stats_leave_out_values_seen_only_after_training(ratings) -> None:  # noqa: ANN001
+    _, manifest, ex = ratings
+    train = ex[ex.split == "train"]
+    assert manifest["features"]["stats_split"] == "train"
+    # Hour 8 occurs only in valid (u1 day 21) and test (u1 day 26).
+    later_hours = {h for hs in ex[ex.split != "train"].s_hour for h in hs}
+    assert "8" in later_hours and "8" not in {h for hs in train.s_hour for h in hs}
+    hour = manifest["features"]["stats"]["s_hour"]
+    assert "8" not in {v for v, _ in hour["top"]}
+    assert hour["distinct"] == len({h for hs in train.s_hour for h in hs})
+    dense = manifest["features"]["dense_stats"]["d_user_prior_events"]
+    assert dense["max"] == pytest.approx(float(train.d_user_prior_events.max()), rel=1e-5)
+    assert dense["max"] < float(ex.d_user_prior_events.max())
+
+
+def test_time_split_is_recorded_in_the_manifest(ratings) -> None:  # noqa: ANN001
+    _, manifest, ex = ratings
+    split = manifest["split"]
+    assert split["by"] == "time"
+    assert split["valid_fraction"] is None and split["test_fraction"] is None  # dates given
+    assert manifest["counts"]["users"] == {
+        s: ex[ex.split == s].user_id.nunique() for s in ("train", "valid", "test")
+    }
 
 
 def test_examples_follow_the_contract(ratings) -> None:  # noqa: ANN001
@@ -400,3 +426,134 @@ def test_dwell_rule_labels_clicks_by_their_seconds(spark) -> None:  # noqa: ANN0
     cfg = ratings_config(label={"kind": "dwell", "threshold": 10.0})
     got = job.label_examples(df, cfg.prepare).toPandas()
     assert dict(zip(got.item_id, got.label, strict=True)) == {"a": 1, "b": 0, "c": 0}
+
+
+# ----------------------------------------------------------------------------- per-user split
+
+# user -> (first day, number of ratings); "e" and "f" start after "a".."d" have stopped, so a
+# global time split would put all of a..d in train and all of e, f in valid/test.
+USER_TIMELINES = {"a": (0, 10), "b": (2, 5), "c": (1, 4), "d": (3, 1), "e": (20, 12), "f": (15, 30)}
+USER_SPLIT = {"valid_fraction": 0.25, "test_fraction": 0.1}
+
+
+def write_user_time_world(raw: Path) -> pd.DataFrame:
+    """One rating a day per user; user a's last two share a ts (tie broken by item_id) and
+    user e's last rating is the only one of item ``late``."""
+    rows = []
+    for u, (start, n) in USER_TIMELINES.items():
+        for k in range(n):
+            day = start + k
+            rows.append((u, f"i{(k * 7 + ord(u)) % 9}", _ts(day, 12), 4.0 + (k % 3) - 1))
+    a_last = [r for r in rows if r[0] == "a"][-1]
+    rows[rows.index(a_last)] = ("a", "x1", a_last[2], 5.0)
+    rows.append(("a", "x0", a_last[2], 5.0))  # same ts as x1: 11 ratings for a
+    e_last = [r for r in rows if r[0] == "e"][-1]
+    rows[rows.index(e_last)] = ("e", "late", e_last[2], 5.0)
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "value"])
+    events["event"] = "rating"
+    raw.mkdir(parents=True)
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("ts", pa.timestamp("ms", "UTC")),
+            ("value", pa.float64()),
+            ("event", pa.string()),
+        ]
+    )
+    pq.write_table(
+        pa.Table.from_pandas(events, schema=schema, preserve_index=False), raw / "events.parquet"
+    )
+    item_ids = sorted(set(events.item_id))
+    pq.write_table(pa.table({"item_id": item_ids}), raw / "items.parquet")
+    return events
+
+
+@pytest.fixture(scope="module")
+def user_time(spark, tmp_path_factory):  # noqa: ANN001, ANN201
+    root = tmp_path_factory.mktemp("user_time")
+    events = write_user_time_world(root / "raw")
+    cfg = ratings_config(
+        label={"kind": "rating", "threshold": 4.0},
+        split={"by": "user_time", **USER_SPLIT},
+        history_length=3,
+    )
+    manifest = job.run(cfg, root / "raw", root / "out", spark)
+    return events, manifest, read_examples(root / "out")
+
+
+def test_user_time_puts_each_users_latest_examples_in_test(user_time) -> None:  # noqa: ANN001
+    _, _, ex = user_time
+    for u, g in ex.groupby("user_id"):
+        key = list(zip(g.ts, g.item_id, strict=True))
+        order = {k: i for i, k in enumerate(sorted(key))}
+        rank = pd.Series([order[k] for k in key], index=g.index)
+        for earlier, later in (("train", "valid"), ("valid", "test"), ("train", "test")):
+            a, b = rank[g.split == earlier], rank[g.split == later]
+            if len(a) and len(b):
+                assert a.max() < b.min(), (u, earlier, later)
+    # Tie at a's last ts: x0 sorts before x1, so x1 alone is a's test example.
+    a_test = ex[(ex.user_id == "a") & (ex.split == "test")]
+    assert list(a_test.item_id) == ["x1"]
+    # Per user, not global: e's test example is earlier than f's last training examples.
+    assert ex[(ex.user_id == "e") & (ex.split == "test")].ts.min() < (
+        ex[(ex.user_id == "f") & (ex.split == "train")].ts.max()
+    )
+
+
+def test_user_time_takes_floor_of_the_fractions_per_user(user_time) -> None:  # noqa: ANN001
+    _, manifest, ex = user_time
+    got = {
+        u: tuple(int((g.split == s).sum()) for s in ("train", "valid", "test"))
+        for u, g in ex.groupby("user_id")
+    }
+    # n=11: 1 test (floor 1.1), 2 valid (floor 2.75); n=5: 0 test, 1 valid; n=4: 0, 1;
+    # n=1: all train; n=12: 1, 3; n=30: 3 test (30 * 0.1), 7 valid (floor 7.5).
+    assert got == {
+        "a": (8, 2, 1),
+        "b": (4, 1, 0),
+        "c": (3, 1, 0),
+        "d": (1, 0, 0),
+        "e": (8, 3, 1),
+        "f": (20, 7, 3),
+    }
+    split = manifest["split"]
+    assert split["by"] == "user_time"
+    assert (split["valid_fraction"], split["test_fraction"]) == (0.25, 0.1)
+    for name, key in (("valid", "valid_from"), ("test", "test_from")):
+        assert pd.Timestamp(split[key]) == ex[ex.split == name].ts.min()
+    counts = manifest["counts"]
+    assert (counts["train"], counts["valid"], counts["test"]) == (44, 14, 5)
+    assert counts["users"] == {"train": 6, "valid": 5, "test": 3}
+
+
+def test_user_time_history_holds_only_strictly_earlier_positives(user_time) -> None:  # noqa: ANN001
+    events, _, ex = user_time
+    pos = events[events.value >= 4.0]
+    for r in ex.itertuples():
+        mine = pos[pos.user_id == r.user_id]
+        before = mine[mine.ts < r.ts].sort_values(["ts", "item_id"])
+        assert list(r.history) == list(before.item_id)[-3:], (r.user_id, r.item_id, r.ts)
+        only_now_or_later = set(mine[mine.ts >= r.ts].item_id) - set(before.item_id)
+        assert not set(r.history) & only_now_or_later
+        n_user = int(((events.user_id == r.user_id) & (events.ts < r.ts)).sum())
+        assert r.d_user_prior_events == pytest.approx(math.log1p(n_user), rel=1e-6)
+    # a's tied last pair (x0, x1 at one ts) never see each other, though both are positive.
+    tied = ex[(ex.user_id == "a") & ex.item_id.isin(["x0", "x1"])]
+    assert len(tied) == 2 and all(not {"x0", "x1"} & set(h) for h in tied.history)
+
+
+def test_user_time_stats_never_see_test_only_values(user_time) -> None:  # noqa: ANN001
+    _, manifest, ex = user_time
+    train = ex[ex.split == "train"]
+    assert ex[ex.item_id == "late"].split.tolist() == ["test"]
+    item = manifest["features"]["stats"]["s_item"]
+    assert item["distinct"] == train.item_id.nunique() < ex.item_id.nunique()
+    assert "late" not in {v for v, _ in item["top"]}
+    assert sum(c for _, c in item["top"]) <= len(train)
+    assert manifest["features"]["stats"]["s_user"]["values"] == len(train)
+
+
+def test_user_time_split_rejects_global_dates() -> None:
+    with pytest.raises(ValueError, match="by='time' only"):
+        ratings_config(split={"by": "user_time", "valid_from": "2024-01-20"})
