@@ -223,6 +223,7 @@ def run(
             .agg(F.count("*").alias("n"), F.sum("label").alias("pos"))
             .collect()
         }
+        train = written.filter(F.col("split") == "train")  # stats size tables: train only
         manifest: dict[str, Any] = {
             "source": "criteo",
             "features": {
@@ -231,8 +232,9 @@ def run(
                 "user": [],
                 "item": [],
                 "context": CAT_COLS,
-                "stats": sparse_stats(written, CAT_COLS, prepare.top_values),
-                "dense_stats": dense_stats(written, INT_COLS),
+                "stats": sparse_stats(train, CAT_COLS, prepare.top_values),
+                "dense_stats": dense_stats(train, INT_COLS),
+                "stats_split": "train",
             },
             "counts": {
                 **{k: counts.get(k, (0, 0))[0] for k in ("train", "valid", "test")},

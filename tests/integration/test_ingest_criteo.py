@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
@@ -165,3 +166,13 @@ def test_too_many_malformed_lines_fail_before_publishing(spark, tmp_path) -> Non
     with pytest.raises(job.DataQualityError, match=r"criteo: 23\.1% of rows quarantined"):
         job.run(config(), tmp_path / "raw", tmp_path / "out", spark)
     assert not (tmp_path / "out" / "examples").exists()
+
+
+def test_criteo_feature_statistics_come_from_the_train_split_only(three_days) -> None:  # noqa: ANN001
+    _, _, manifest, table = three_days
+    train = table.filter(pc.equal(table["split"], "train"))
+    distinct_train = len(pc.unique(pc.list_flatten(train["s_cat_1"])))
+    assert manifest["features"]["stats_split"] == "train"
+    assert manifest["features"]["stats"]["s_cat_1"]["distinct"] == distinct_train
+    train_max = pc.max(train["d_int_1"]).as_py()
+    assert manifest["features"]["dense_stats"]["d_int_1"]["max"] == pytest.approx(train_max)
