@@ -1,0 +1,77 @@
+"""Input pipeline: featurising batch by batch vs a chunk of batches at once, same run.
+
+Before (per batch): every 1,024-row batch is hashed and turned into a KJT on its own.
+After (``ExampleBatcher``): ``FEATURISE_BATCHES`` batches are featurised together and sliced.
+Both read the same shuffled row groups; repetitions interleave the two in alternating order.
+
+    .venv/bin/python benchmarks/featurise.py [--examples runs/movielens/examples]
+
+Needs examples: ``.venv/bin/recsys pipeline --config configs/movielens.yaml --stages source,prepare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys.atomic import write_json
+from recsys.features.batcher import FEATURISE_BATCHES, ExampleBatcher, table_to_batch
+from recsys.features.spec import FeatureSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--examples", default=str(ROOT / "runs/movielens/examples"))
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/featurise.json"))
+    args = p.parse_args(argv)
+
+    spec = FeatureSpec.from_manifest(
+        json.loads((Path(args.examples) / "manifest.json").read_text())
+    )
+    batcher = ExampleBatcher(
+        args.examples, "train", spec, args.batch_size, shuffle=True, prefetch=0
+    )
+    print(f"# examples {args.examples}: {batcher.num_rows:,} train rows, {len(spec.sparse)} sparse")
+    print(f"# batch {args.batch_size}, chunk {FEATURISE_BATCHES} batches, {args.reps} reps")
+    print(
+        f"# machine: {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}"
+    )
+
+    def per_batch() -> int:
+        return sum(1 for t in batcher._tables(0, 0) if len(table_to_batch(t, spec)))
+
+    def chunked() -> int:
+        return sum(1 for b in batcher._batches(0, 0) if len(b))
+
+    runs: dict[str, list[float]] = {"per batch (before)": [], "chunked (after)": []}
+    fns = dict(zip(runs, (per_batch, chunked), strict=True))
+    for rep in range(args.reps):
+        order = list(runs) if rep % 2 == 0 else list(reversed(runs))
+        for name in order:
+            t0 = time.perf_counter()
+            n = fns[name]()
+            runs[name].append((time.perf_counter() - t0) / n * 1000)
+    base = float(np.median(runs["per batch (before)"]))
+    rows = []
+    print("\n| featurisation | ms / batch (median) | min–max | speed-up |")
+    print("|---|---:|---|---:|")
+    for name, v in runs.items():
+        med = float(np.median(v))
+        rows.append({"mode": name, "median_ms": med, "min_ms": min(v), "max_ms": max(v)})
+        print(f"| {name} | {med:.2f} | {min(v):.2f}–{max(v):.2f} | {base / med:.2f}× |")
+    write_json(args.out, {"batch_size": args.batch_size, "chunk": FEATURISE_BATCHES, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
