@@ -63,14 +63,24 @@ def stage_source(cfg: PipelineConfig) -> dict[str, Any]:
 
 def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
     """Spark: raw logs (or Criteo TSV) -> examples + manifest."""
-    if cfg.source.kind == "criteo":
-        from spark_jobs import ingest_criteo
+    from pyspark.sql import SparkSession
 
-        manifest = ingest_criteo.run(cfg, cfg.source.path, cfg.out)
-    else:
-        from spark_jobs import build_training_data
+    from spark_jobs.session import build_session
 
-        manifest = build_training_data.run(cfg, _paths(cfg)["raw"], cfg.out)
+    had_session = SparkSession.getActiveSession() is not None
+    spark = build_session(cfg.spark)
+    try:
+        if cfg.source.kind == "criteo":
+            from spark_jobs import ingest_criteo
+
+            manifest = ingest_criteo.run(cfg, cfg.source.path, cfg.out, spark=spark)
+        else:
+            from spark_jobs import build_training_data
+
+            manifest = build_training_data.run(cfg, _paths(cfg)["raw"], cfg.out, spark=spark)
+    finally:
+        if not had_session:  # free the JVM's memory before training starts
+            spark.stop()
     return {"examples_dir": str(_paths(cfg)["examples"]), "counts": manifest.get("counts")}
 
 
