@@ -55,6 +55,21 @@ def _worker(raw: str, out: str, master: str, partitions: int) -> dict:
     me = psutil.Process()
     peak = {"jvm": 0}
     stop = threading.Event()
+    jvms = [c for c in me.children(recursive=True) if "java" in c.name()]
+
+    def cpu_seconds() -> float:
+        """CPU time of the driver JVM (it runs the executors in local mode) and this process.
+
+        Unlike wall time it barely moves when other jobs share the machine, so it is the
+        measure the linearity check trusts on a noisy host.
+        """
+        total = sum(me.cpu_times()[:2])
+        for p in jvms:
+            try:
+                total += sum(p.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
 
     def sample() -> None:
         while not stop.is_set():
@@ -68,14 +83,16 @@ def _worker(raw: str, out: str, master: str, partitions: int) -> dict:
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     manifest = job.run(cfg, raw, out, spark)
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0
     stop.set()
     t.join()
     spark.stop()
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "events_in": manifest["counts"]["events_in"],
         "examples": manifest["counts"]["examples"],
         "driver_python_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -100,20 +117,37 @@ def summarize(rows: list[dict]) -> dict:
     slope = sum((x - mean_n) * (y - mean_t) for x, y in zip(n, t, strict=True)) / var if var else 0
     fixed = mean_t - slope * mean_n
     not_superlinear = all(r["time_per_event_vs_smallest"] <= 1.5 for r in rows)
+    # "Doubling the input roughly doubles the time": per step between sizes, the growth of
+    # time divided by the growth of input, on wall and on CPU seconds (1.0 = linear).
+    for prev, r in zip(rows, rows[1:], strict=False):
+        grow = r["events_in"] / prev["events_in"]
+        r["wall_growth_per_input_growth"] = (r["seconds"] / prev["seconds"]) / grow
+        if "cpu_seconds" in r and "cpu_seconds" in prev:
+            r["cpu_growth_per_input_growth"] = (r["cpu_seconds"] / prev["cpu_seconds"]) / grow
+    steps = [r for r in rows[1:] if "cpu_growth_per_input_growth" in r]
+    linear_cpu = bool(steps) and all(
+        1 / 1.5 <= r["cpu_growth_per_input_growth"] <= 1.5 for r in steps
+    )
     print()
     print(
         f"{'events':>10} {'examples':>10} {'seconds':>8} {'events/s':>10} "
-        f"{'py peak MB':>10} {'JVM peak MB':>11} {'t/event vs smallest':>20}"
+        f"{'py peak MB':>10} {'JVM peak MB':>11} {'t/event vs smallest':>20} "
+        f"{'cpu s':>7} {'cpu growth/input growth':>24}"
     )
     for r in rows:
+        growth = r.get("cpu_growth_per_input_growth")
         print(
             f"{r['events_in']:>10,} {r['examples']:>10,} {r['seconds']:>8.1f} "
             f"{r['events_per_s']:>10,.0f} {r['driver_python_peak_mb']:>10.0f} "
-            f"{r['driver_jvm_peak_mb']:>11.0f} {r['time_per_event_vs_smallest']:>20.2f}"
+            f"{r['driver_jvm_peak_mb']:>11.0f} {r['time_per_event_vs_smallest']:>20.2f} "
+            f"{r.get('cpu_seconds', float('nan')):>7.0f} "
+            f"{'' if growth is None else f'{growth:.2f}':>24}"
         )
     print(f"\nfit: seconds = {fixed:.1f} + {slope * 1e6:.1f} per million events")
     print(f"time grows at most linearly (t/event <= 1.5x smallest): {not_superlinear}")
+    print(f"CPU time grows linearly with input (each step within 1.5x of linear): {linear_cpu}")
     return {
+        "cpu_linear_within_1_5x": linear_cpu,
         "fit": {"fixed_seconds": fixed, "seconds_per_million_events": slope * 1e6},
         "not_superlinear_within_1_5x": not_superlinear,
     }

@@ -4,7 +4,7 @@ import torch
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.embeddings import UnifiedEmbedding, UnifiedEmbeddingConfig
+from recsys.embeddings import HashedEmbedding, UnifiedEmbedding, UnifiedEmbeddingConfig
 from recsys.embeddings.base import EmbeddingError
 from recsys.features.hashing import hash_values, mix64, name_salt, to_int64
 
@@ -130,3 +130,25 @@ def test_a_missing_input_feature_is_named():
 def test_config_round_trips_through_a_dict():
     cfg = UnifiedEmbeddingConfig({"a": 2, "b": 1}, 10, 4, num_tables=2, salt=3)
     assert UnifiedEmbeddingConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_one_sub_table_per_feature_is_per_feature_hashing_with_the_same_rows():
+    # The benchmark compares unified with hashing at equal budgets; the two must differ only
+    # in how rows are shared, never in salts, mixing or widths: with one sub-table per
+    # feature and equal rows, unified embeds exactly like HashedEmbedding with the same weights.
+    feats = list(COLUMNS)
+    cfg = UnifiedEmbeddingConfig({f: 1 for f in feats}, 101, 4, num_tables=3, salt=5)
+    uni = UnifiedEmbedding(cfg)
+    hashed = HashedEmbedding({f: 101 for f in feats}, {f: 4 for f in feats}, salt=5)
+    with torch.no_grad():
+        for t, f in enumerate(feats):
+            hashed.ebc.embedding_bags[f"hash_{f}"].weight.copy_(
+                uni.ebc.embedding_bags[f"unified_{t}"].weight
+            )
+    kjt = _kjt(COLUMNS)
+    u_rows, h_rows = uni.remap(kjt).to_dict(), hashed.remap(kjt).to_dict()
+    for f in feats:
+        assert torch.equal(u_rows[f"{f}__p0"].values(), h_rows[f].values())
+    assert uni.output_dims == hashed.output_dims
+    assert uni.num_embedding_parameters() == hashed.num_embedding_parameters()
+    torch.testing.assert_close(uni(kjt).values(), hashed(kjt).values())
