@@ -702,11 +702,7 @@ def run(
             },
             "schema": arrow_schema(written),
         }
-        storage.write_json(f"{staging}/examples/manifest.json", manifest)
-        # Publish: quarantine first, examples (with the manifest) last.
-        storage.replace_dir(quarantine, f"{out}/quarantine")
-        storage.replace_dir(f"{staging}/examples", f"{out}/examples")
-        storage.delete(f"{out}/quarantine.rejected")
+        storage.publish(staging, out, manifest)
         return manifest
     finally:
         for df in cached:

@@ -104,3 +104,12 @@ class Storage:
         path = f"{str(out_dir).rstrip('/')}/.{tag}-staging-{uuid.uuid4().hex[:8]}"
         self.mkdirs(path)
         return path
+
+    def publish(self, staging: str, out: str, manifest: dict[str, Any]) -> None:
+        """Publish a job's staged outputs: the manifest beside the examples, quarantine first
+        and examples last (readers wait for ``examples/manifest.json``), then drop the rows
+        kept from an earlier failed run."""
+        self.write_json(f"{staging}/examples/manifest.json", manifest)
+        self.replace_dir(f"{staging}/quarantine", f"{out}/quarantine")
+        self.replace_dir(f"{staging}/examples", f"{out}/examples")
+        self.delete(f"{out}/quarantine.rejected")
