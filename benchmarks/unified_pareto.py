@@ -10,7 +10,11 @@ with the best validation AUC kept) and only the embedding changed:
   parameter count (``EmbeddingConfig.param_budget = round(b * count)``, the same for both).
 
 Every other setting (model, dim, probes, init, pooling, optimizers, epochs, ``--set``
-overrides) is shared by all methods. MovieLens uses ``configs/movielens.yaml`` as is; the
+overrides) is shared by all methods, except the unified table shape that ``--unified-dim``,
+``--unified-probes`` and ``--unified-tables`` set for the unified method only (the paper's
+mechanism: a feature of width ``k * d`` takes ``k`` probes of ``d``-dim chunks; ``k * d`` must
+equal the shared width, so every method feeds the ranker the same 16 columns per feature).
+MovieLens uses ``configs/movielens.yaml`` as is; the
 simulated world is ``configs/simulated.yaml`` scaled up (``SIM_WORLD``), with its train split
 uniformly subsampled (``--sim-train-rows``).
 
@@ -48,7 +52,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.config import PipelineConfig, load_config  # noqa: E402
+from recsys.config import EmbeddingConfig, PipelineConfig, load_config  # noqa: E402
 from recsys.embeddings import feature_widths  # noqa: E402
 from recsys.features.batcher import ExampleBatcher  # noqa: E402
 from recsys.features.vocabulary import build_vocabulary  # noqa: E402
@@ -198,8 +202,11 @@ def run_one(
     full: int,
 ) -> Run:
     """Train and test one model; hashing/unified get ``round(budget * full)`` parameters,
-    ``full`` being the collisionless model's table size (training vocabulary)."""
+    ``full`` being the collisionless model's table size (training vocabulary). The unified
+    method also takes ``overrides["unified"]`` (dim, probes, num_tables)."""
     emb = {**overrides.get("embedding", {}), "kind": method, "budget_fraction": None}
+    if method == "unified":
+        emb.update(overrides.get("unified", {}))
     emb["param_budget"] = None if method == "collisionless" else round(budget * full)
     cfg = base.model_copy(
         update={
@@ -364,6 +371,32 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def unified_overrides(
+    args: argparse.Namespace, emb: EmbeddingConfig, sparse: list[str]
+) -> dict[str, Any]:
+    """The unified-only embedding settings of ``--unified-*`` for these sparse features.
+
+    Refuses a shape whose per-feature width differs from the shared one (``emb``), so the
+    ranker sees the same input width whatever the method."""
+    out: dict[str, Any] = {}
+    if args.unified_dim is not None:
+        out["dim"] = args.unified_dim
+    if args.unified_probes is not None:
+        out["probes"] = {f: args.unified_probes for f in sparse}
+    if args.unified_tables is not None:
+        out["num_tables"] = args.unified_tables
+    if out:
+        shared = feature_widths(emb, sparse)
+        mine = feature_widths(emb.model_copy(update=out), sparse)
+        bad = {f: (mine[f], shared[f]) for f in sparse if mine[f] != shared[f]}
+        if bad:
+            raise SystemExit(
+                f"--unified-dim/--unified-probes: width (unified, shared) differs for {bad}; "
+                "keep probes x dim equal to the shared width"
+            )
+    return out
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -401,6 +434,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION.KEY=VALUE",
         help="shared override for every method (embedding.* or train.*), YAML value",
     )
+    p.add_argument(
+        "--unified-dim", type=int, default=None, help="unified only: chunk dim d (default: dim)"
+    )
+    p.add_argument(
+        "--unified-probes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="unified only: K probes for every sparse feature (K x unified-dim = shared width)",
+    )
+    p.add_argument(
+        "--unified-tables", type=int, default=None, help="unified only: num_tables (round-robin)"
+    )
     p.add_argument("--out", default=str(RESULTS / "unified_pareto.json"))
     p.add_argument("--plot", default=str(RESULTS / "unified_pareto.png"))
     args = p.parse_args(argv)
@@ -424,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sim_train_rows = min(args.sim_train_rows or 10**9, 100_000)
 
-    plan: list[tuple[str, PipelineConfig, Path, str, float, int, int]] = []
+    plan: list[tuple[str, PipelineConfig, Path, str, float, int, int, dict[str, Any]]] = []
     setup: dict[str, Any] = {
         "machine": machine(),
         "threads": args.threads,
@@ -433,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         "budgets": budgets,
         "methods": methods,
         "overrides": overrides,
+        "unified": {
+            "dim": args.unified_dim,
+            "probes": args.unified_probes,
+            "num_tables": args.unified_tables,
+        },
         "datasets": {},
     }
     print(
@@ -457,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         full = sum((len(vocab[f]) + 1) * widths[f] for f in spec.sparse)
         tc = base.train.model_copy(update=overrides["train"])
         mc = base.model
+        uni = unified_overrides(args, emb_cfg, list(spec.sparse))
+        ds_overrides = {**overrides, "unified": uni}
+        uni_cfg = emb_cfg.model_copy(update=uni)
         setup["datasets"][ds] = {
             "config": CONFIGS[ds],
             "config_overrides": OVERRIDES[ds],
@@ -472,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             "collisionless_params": full,
             "model": mc.model_dump(mode="json"),
             "embedding": emb_cfg.model_dump(mode="json"),
+            "unified_embedding": uni_cfg.model_dump(mode="json"),
             "train": tc.model_dump(mode="json"),
         }
         print(
@@ -503,19 +558,27 @@ def main(argv: list[str] | None = None) -> int:
             f"(best valid AUC, patience {tc.patience}) batch={tc.batch_size} "
             f"lr_emb={tc.lr_embedding} (row-wise Adagrad) lr_dense={tc.lr_dense} (AdamW)"
         )
+        if uni:
+            k = sorted(set(uni_cfg.probes.get(f, 1) for f in spec.sparse))
+            print(
+                f"#   unified only: {'/'.join(map(str, k))} probe(s) x dim {uni_cfg.dim} per "
+                f"feature (width {uni_cfg.dim * k[0]}, = the baselines' "
+                f"{emb_cfg.dim * max(emb_cfg.probes.values(), default=1)}), "
+                f"num_tables={uni_cfg.num_tables} (probes round-robin)"
+            )
         for seed in seeds:
             for m in methods:
                 for b in [1.0] if m == "collisionless" else budgets:
-                    plan.append((ds, base, exdir, m, b, seed, full))
+                    plan.append((ds, base, exdir, m, b, seed, full, ds_overrides))
     sys.stdout.flush()
 
     runs: list[Run] = []
     t_start = time.perf_counter()
     bar = tqdm(total=len(plan), desc="runs", unit="run", file=sys.stderr)
     if args.jobs <= 1:
-        for ds, base, exdir, m, b, seed, full in plan:
+        for ds, base, exdir, m, b, seed, full, ovr in plan:
             bar.set_postfix_str(f"{ds} {m} {budget_label(b)} seed {seed}")
-            runs.append(run_one(base, exdir, ds, m, b, seed, overrides, full))
+            runs.append(run_one(base, exdir, ds, m, b, seed, ovr, full))
             bar.update(1)
     else:
         ctx = multiprocessing.get_context("spawn")
@@ -523,8 +586,8 @@ def main(argv: list[str] | None = None) -> int:
             args.jobs, mp_context=ctx, initializer=torch.set_num_threads, initargs=(args.threads,)
         ) as pool:
             futures = [
-                pool.submit(run_one, base, exdir, ds, m, b, seed, overrides, full)
-                for ds, base, exdir, m, b, seed, full in plan
+                pool.submit(run_one, base, exdir, ds, m, b, seed, ovr, full)
+                for ds, base, exdir, m, b, seed, full, ovr in plan
             ]
             for fut in as_completed(futures):
                 r = fut.result()
