@@ -40,8 +40,12 @@ __all__ = [
 
 
 def feature_widths(cfg: EmbeddingConfig, features: Sequence[str]) -> dict[str, int]:
-    """Output width of each feature: ``probes[f] * dim`` (probes default to 1)."""
-    return {f: cfg.probes.get(f, 1) * cfg.dim for f in features}
+    """Output width of each feature: ``probes[f] * dim`` (probes default to ``default_probes``).
+
+    Every kind gets the same widths, so baselines and unified feed the model identically;
+    only unified splits a width into ``probes`` separately hashed chunks.
+    """
+    return {f: cfg.probes.get(f, cfg.default_probes) * cfg.dim for f in features}
 
 
 def collisionless_parameters(
@@ -103,7 +107,7 @@ def build_embedding(
         budget,
         cfg.dim,
         cfg.num_tables,
-        {f: cfg.probes.get(f, 1) for f in feats},
+        {f: cfg.probes.get(f, cfg.default_probes) for f in feats},
         salt=cfg.salt,
         **common,
     )
