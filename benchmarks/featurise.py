@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from host import describe_host
 
 from recsys.atomic import write_json
 from recsys.features.batcher import FEATURISE_BATCHES, ExampleBatcher, table_to_batch
@@ -43,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"# examples {args.examples}: {batcher.num_rows:,} train rows, {len(spec.sparse)} sparse")
     print(f"# batch {args.batch_size}, chunk {FEATURISE_BATCHES} batches, {args.reps} reps")
-    print(
-        f"# machine: {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}"
-    )
+    print(f"# machine: {describe_host()}")
 
     def per_batch() -> int:
         return sum(1 for t in batcher._tables(0, 0) if len(table_to_batch(t, spec)))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from host import describe_host  # noqa: E402 - benchmarks/ is the script directory
 
 
 def _worker(raw: str, out: str, master: str, partitions: int) -> dict:
@@ -183,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# prepare benchmark: master={args.master}, shuffle partitions={args.partitions}, "
         f"simulator seed={sim.seed} (no media), label=click, history=20"
     )
-    print(
-        f"# machine: {platform.machine()} {os.cpu_count()} CPUs, python {platform.python_version()}"
-    )
+    print(f"# machine: {describe_host()}")
     rows = []
     for n in args.sizes:
         raw = work / f"raw-{n}"

@@ -19,7 +19,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import resource
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from host import describe_host
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -216,21 +216,6 @@ def cprofile_summary(path: str, n: int = 18) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0]
-    return f"{cpu}, {os.cpu_count()} cores, load avg {load:.1f}, torch {torch.__version__}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="movielens", choices=sorted(CONFIGS))
@@ -252,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     kinds = args.kinds.split(",")
     manifest = json.loads((ROOT / f"runs/{args.dataset}/examples/manifest.json").read_text())
-    print(f"# machine: {machine()}; {args.threads} torch thread(s) per child")
+    print(f"# machine: {describe_host()}; {args.threads} torch thread(s) per child")
     print(
         f"# data: {args.dataset} train split, {manifest['counts']['train']:,} rows; "
         f"{args.epochs} epochs per child, last epoch timed (trainer's examples/s); "
@@ -306,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     payload: dict[str, Any] = {
         "setup": {
-            "machine": machine(),
+            "machine": describe_host(),
             "dataset": args.dataset,
             "train_rows": manifest["counts"]["train"],
             "epochs": args.epochs,

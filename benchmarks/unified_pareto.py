@@ -31,8 +31,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from host import describe_host
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -397,19 +396,6 @@ def unified_overrides(
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, load avg {load:.1f}, torch {torch.__version__}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="movielens,simulated")
@@ -472,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan: list[tuple[str, PipelineConfig, Path, str, float, int, int, dict[str, Any]]] = []
     setup: dict[str, Any] = {
-        "machine": machine(),
+        "machine": describe_host(),
         "threads": args.threads,
         "jobs": args.jobs,
         "seeds": seeds,
