@@ -35,7 +35,7 @@ Steps, all as Spark plans (nothing but small aggregates reaches the driver):
 6. dense features from strictly earlier events only: ``d_user_prior_events``,
    ``d_user_prior_positives``, ``d_item_prior_events``, ``d_item_prior_positives`` (log1p of
    counts), ``d_item_age_days`` (when items have ``created_ts``; >= 0);
-7. sparse features (``list<string>``, raw values) per the naming rule in docs/HELPERS.md plus
+7. sparse features (``list<string>``, raw values) per the naming rule in docs/data-contract.md plus
    context ``s_hour`` (``"0"``..``"23"``) and ``s_weekday`` (``"Mon"``..``"Sun"``);
 8. split, never random (``prepare.split.by``): ``time`` - ``ts < valid_from`` train,
    ``< test_from`` valid, else test; cut-offs from ``prepare.split`` (ISO dates, UTC when no

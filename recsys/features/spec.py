@@ -66,7 +66,7 @@ class FeatureSpec:
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> FeatureSpec:
-        """Build from a parsed ``manifest.json`` (see docs/HELPERS.md for its keys)."""
+        """Build from a parsed ``manifest.json`` (see docs/data-contract.md for its keys)."""
         try:
             feats = manifest["features"]
             sparse = feats["sparse"]

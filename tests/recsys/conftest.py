@@ -1,7 +1,7 @@
 """Shared fixtures for recsys tests: a small, learnable examples directory built with pyarrow.
 
 ``write_examples(dir, n_rows, seed)`` writes what ``spark_jobs/build_training_data.py`` writes
-(``split=train|valid|test/part-*.parquet`` + ``manifest.json``, see docs/HELPERS.md) so model and
+(``split=train|valid|test/part-*.parquet`` + ``manifest.json``, see docs/data-contract.md) so model and
 batcher tests can run without Spark. The label is learnable: a user clicks an item mostly when
 the item's concepts meet the user's interests, plus per-user and per-item biases.
 """
