@@ -36,11 +36,14 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = {"movielens": "configs/movielens.yaml", "simulated": "configs/simulated.yaml"}
-# name -> (embedding.kind, budget_fraction)
-KINDS: dict[str, tuple[str, float | None]] = {
-    "collisionless": ("collisionless", None),
-    "unified@1": ("unified", 1.0),
-    "unified@1/4": ("unified", 0.25),
+# name -> (embedding.kind, budget_fraction, chunk dim, probes per feature); every kind feeds
+# the ranker 16 columns per feature, so only the tables differ.
+KINDS: dict[str, tuple[str, float | None, int, int]] = {
+    "collisionless": ("collisionless", None, 16, 1),
+    "unified 1x16@1": ("unified", 1.0, 16, 1),
+    "unified 1x16@1/4": ("unified", 0.25, 16, 1),
+    "unified 2x8@1/4": ("unified", 0.25, 8, 2),
+    "unified 4x4@1/4": ("unified", 0.25, 4, 4),
 }
 
 
@@ -58,7 +61,7 @@ def child_config(dataset: str, kind: str, epochs: int, threads: int, batch_size:
     from recsys.config import load_config
 
     base = load_config(ROOT / CONFIGS[dataset])
-    emb_kind, fraction = KINDS[kind]
+    emb_kind, fraction, dim, probes = KINDS[kind]
     train_update: dict[str, Any] = {
         "epochs": epochs,
         "patience": epochs + 1,
@@ -70,7 +73,13 @@ def child_config(dataset: str, kind: str, epochs: int, threads: int, batch_size:
     return base.model_copy(
         update={
             "embedding": base.embedding.model_copy(
-                update={"kind": emb_kind, "budget_fraction": fraction}
+                update={
+                    "kind": emb_kind,
+                    "budget_fraction": fraction,
+                    "dim": dim,
+                    "default_probes": probes,
+                    "probes": {},
+                }
             ),
             "train": base.train.model_copy(update=train_update),
         }
