@@ -68,8 +68,8 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             tmp.unlink()
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+def write_json(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """Write ``obj`` as indented JSON, atomically (``sort_keys=False`` keeps insertion order)."""
     with atomic_file(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        json.dump(obj, f, indent=2, sort_keys=sort_keys, default=str)
         f.write("\n")

@@ -138,7 +138,7 @@ def run_pipeline(cfg: PipelineConfig, stages: tuple[str, ...] = PIPELINE) -> dic
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         results["stages"][name] = summary
         log.info("%s done in %.1fs", name, summary["seconds"])
-    write_json(cfg.out / "pipeline.json", results)
+    write_json(cfg.out / "pipeline.json", results, sort_keys=False)  # stages in run order
     return results
 
 
@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = STAGES[args.command](cfg)
     except (ConfigError, StageError, FileNotFoundError, ValueError) as e:
+        if args.verbose:  # -v: the whole traceback, for bugs rather than bad input
+            raise
         print(f"recsys {args.command}: {e}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0

@@ -31,7 +31,7 @@ FAST = {
 
 def _check_run(out: Path) -> dict:
     summary = json.loads((out / "pipeline.json").read_text())
-    assert set(summary["stages"]) == {"source", "prepare", "train", "export"}
+    assert list(summary["stages"]) == ["source", "prepare", "train", "export"]
     manifest = json.loads((out / "examples" / "manifest.json").read_text())
     spec = FeatureSpec.from_manifest(manifest)
     test = read_split(out / "examples", "test")
