@@ -88,6 +88,12 @@ class SimulatorConfig(Section):
     # m = EMA (weight ``satisfaction_memory`` on the past) of daily log1p(dwell minutes).
     return_satisfaction_weight: float = Field(default=1.0, ge=0)
     satisfaction_memory: float = Field(default=0.5, ge=0, lt=1)
+    # Hidden collaborative taste: the click logit gains ``taste_weight * t_u . t_i`` with
+    # ``taste_dim`` latent factors per user and item (the term has std ``taste_weight``). No
+    # feature shows them: only user/item ids and co-clicks reveal them, so this is the knob
+    # that makes id embeddings (and their budget) matter. 0 = off (the default world).
+    taste_dim: int = Field(default=0, ge=0, le=256)
+    taste_weight: float = Field(default=0.0, ge=0)
 
 
 class LabelRule(Section):

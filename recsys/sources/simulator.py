@@ -16,7 +16,9 @@ models:
   measures.
 
 Hidden ground truth: ``affinity(u, i) = bias + w_match * interest_u . concepts_i +
-w_pop * popularity_z_i + creator_quality + user_bias_u`` (a logit). A policy sees candidate
+w_pop * popularity_z_i + creator_quality + user_bias_u + taste_weight * taste_u . taste_i``
+(a logit). The last term (``SimulatorConfig.taste_dim`` latent factors, off by default) is
+collaborative taste that no feature shows: only ids and co-clicks reveal it. A policy sees candidate
 indices and returns scores; its ranking is the user's feed for the day, consumed slate by slate
 across the day's sessions (a session continues where the previous one stopped).
 
@@ -196,6 +198,8 @@ class World:
     item_pop_z: np.ndarray  # (I,) standardised log popularity
     item_day: np.ndarray  # (I,) first day the item exists (0 = initial catalogue)
     item_created_ms: np.ndarray  # (I,) created_ts in epoch ms
+    user_taste: np.ndarray  # (U, T) hidden latent taste, T = cfg.taste_dim (may be 0)
+    item_taste: np.ndarray  # (I, T), scaled so that taste_u . taste_i has std taste_weight
     start_ms: int = 0
 
     @property
@@ -256,6 +260,7 @@ class World:
         created = start_ms + item_day * DAY_MS
         # The initial catalogue was created over the year before the simulation starts.
         created[: cfg.num_items] -= rng.integers(0, 365, cfg.num_items) * DAY_MS
+        user_taste, item_taste = _tastes(cfg, n_items)
         return cls(
             cfg=cfg,
             concept_names=names,
@@ -275,6 +280,8 @@ class World:
             item_pop_z=pop_z,
             item_day=item_day,
             item_created_ms=created,
+            user_taste=user_taste,
+            item_taste=item_taste,
             start_ms=start_ms,
         )
 
@@ -293,7 +300,12 @@ class World:
         item_term = (
             W_POP * self.item_pop_z[item_idx] + self.creator_quality[self.item_creator[item_idx]]
         )
-        return AFFINITY_BIAS + W_MATCH * match + item_term[None, :] + self.user_bias[user_idx, None]
+        logit = (
+            AFFINITY_BIAS + W_MATCH * match + item_term[None, :] + self.user_bias[user_idx, None]
+        )
+        if self.cfg.taste_dim:
+            logit = logit + self.user_taste[user_idx] @ self.item_taste[item_idx].T
+        return logit
 
     def pair_affinity(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
         """Hidden click logit of aligned pairs: ``user_idx``, ``item_idx`` of one shape ``S``."""
@@ -301,13 +313,16 @@ class World:
         match = (self.user_interest[user_idx[..., None], cidx] * self.item_weights[item_idx]).sum(
             -1
         )
-        return (
+        logit = (
             AFFINITY_BIAS
             + W_MATCH * match
             + W_POP * self.item_pop_z[item_idx]
             + self.creator_quality[self.item_creator[item_idx]]
             + self.user_bias[user_idx]
         )
+        if self.cfg.taste_dim:
+            logit = logit + (self.user_taste[user_idx] * self.item_taste[item_idx]).sum(-1)
+        return logit
 
     def live_items(self, day: int) -> np.ndarray:
         """Indices of the items that exist on ``day`` (a prefix: items are sorted by day)."""
@@ -432,6 +447,19 @@ def _schema_with(schema: pa.Schema, extra_strings: list[str]) -> pa.Schema:
     for name in extra_strings:
         schema = schema.append(pa.field(name, pa.string(), nullable=False))
     return schema
+
+
+def _tastes(cfg: SimulatorConfig, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hidden taste factors ``(U, T)``, ``(I, T)``: entries ``N(0, s)`` with ``s**2 =
+    taste_weight / sqrt(T)``, so ``taste_u . taste_i`` has mean 0 and std ``taste_weight``.
+    Own random stream: turning taste on leaves every other draw of the world unchanged."""
+    t = cfg.taste_dim
+    rng = _rng(cfg.seed, _S_WORLD, 4)
+    scale = np.sqrt(cfg.taste_weight / np.sqrt(t)) if t else 0.0
+    return (
+        rng.normal(0.0, 1.0, (cfg.num_users, t)) * scale,
+        rng.normal(0.0, 1.0, (n_items, t)) * scale,
+    )
 
 
 def _gumbel_argmax(rng: np.random.Generator, logits: np.ndarray) -> np.ndarray:

@@ -43,6 +43,15 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def _impressions_clicked(events: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Impressions, and 1.0 where the same (user, item, ts) was clicked."""
+    imp = events.filter(pc.equal(events["event"], "impression"))
+    clk = events.filter(pc.equal(events["event"], "click"))
+    key = ["user_id", "item_id", "ts"]
+    marked = imp.join(clk.select(key).append_column("c", pa.array(np.ones(clk.num_rows))), key)
+    return marked, np.nan_to_num(np.asarray(marked["c"], dtype=float))
+
+
 def _indices(ids: pa.ChunkedArray) -> np.ndarray:
     """'u12' / 'i34' -> 12 / 34."""
     return np.asarray(pc.cast(pc.utf8_slice_codeunits(ids, 1), pa.int64()))
@@ -81,15 +90,37 @@ def test_every_click_shares_user_item_and_ts_with_an_impression(small_logs: RawL
 def test_click_rate_rises_with_the_hidden_affinity(small_logs: RawLogs) -> None:
     world = World.build(SMALL)
     ev = small_logs.events
-    imp = ev.filter(pc.equal(ev["event"], "impression"))
-    clk = ev.filter(pc.equal(ev["event"], "click"))
-    key = ["user_id", "item_id", "ts"]
-    marked = imp.join(clk.select(key).append_column("c", pa.array(np.ones(clk.num_rows))), key)
-    clicked = np.nan_to_num(np.asarray(marked["c"], dtype=float))
+    marked, clicked = _impressions_clicked(ev)
     aff = world.pair_affinity(_indices(marked["user_id"]), _indices(marked["item_id"]))
     lo, hi = np.quantile(aff, [0.1, 0.9])
     ctr_bottom, ctr_top = clicked[aff <= lo].mean(), clicked[aff >= hi].mean()
     assert ctr_top > 4 * ctr_bottom and ctr_top - ctr_bottom > 0.1, (ctr_top, ctr_bottom)
+
+
+def test_taste_adds_a_hidden_term_of_the_configured_size_and_leaves_the_rest() -> None:
+    plain = World.build(SMALL)
+    tasty = World.build(SMALL.model_copy(update={"taste_dim": 16, "taste_weight": 1.5}))
+    assert plain.user_taste.shape == (300, 0)
+    np.testing.assert_array_equal(plain.user_interest, tasty.user_interest)
+    np.testing.assert_array_equal(plain.item_popularity, tasty.item_popularity)
+    users, items = np.arange(300), plain.live_items(0)
+    extra = tasty.affinity(users, items) - plain.affinity(users, items)
+    np.testing.assert_allclose(extra, tasty.user_taste @ tasty.item_taste[items].T, atol=1e-12)
+    assert abs(extra.mean()) < 0.1 and 1.3 < extra.std() < 1.7, (extra.mean(), extra.std())
+    u, i = np.meshgrid(users[:7], items[:9], indexing="ij")
+    np.testing.assert_allclose(
+        tasty.pair_affinity(u, i), tasty.affinity(users[:7], items[:9]), atol=1e-12
+    )
+
+
+def test_clicks_follow_the_hidden_taste() -> None:
+    cfg = SMALL.model_copy(update={"taste_dim": 8, "taste_weight": 2.0, "with_media": False})
+    world, ev = World.build(cfg), simulate(cfg).events
+    marked, clicked = _impressions_clicked(ev)
+    u, i = _indices(marked["user_id"]), _indices(marked["item_id"])
+    taste = (world.user_taste[u] * world.item_taste[i]).sum(-1)
+    lo, hi = np.quantile(taste, [0.2, 0.8])
+    assert clicked[taste >= hi].mean() > 2 * clicked[taste <= lo].mean()
 
 
 def test_new_items_appear_after_day_zero_and_are_shown_only_once_created(
