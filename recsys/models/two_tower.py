@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 import torch.distributed as dist
+import torch.distributed.nn as dist_nn
 import torch.nn.functional as F
 from torch import nn
 from torchrec.modules.mlp import MLP
@@ -75,6 +76,48 @@ class ItemFrequency(nn.Module):
         """``(N,)`` float32 log of the estimated sampling probability of each id."""
         p = (self.counts[self.bucket(ids)] + 1.0) / (self.total + self.buckets)
         return torch.log(p).to(torch.float32)
+
+
+class GatheredItems(NamedTuple):
+    """The in-batch positives of every rank, padded to the largest rank's count.
+
+    ``vectors (W*M, T)``, ``log_q (W*M,)``, ``ids (W*M,)``, ``valid (W*M,)`` bool (False on
+    padding); ``first``: this rank's first column; ``total``: positives over all ranks;
+    ``world``: number of ranks ``W``.
+    """
+
+    vectors: torch.Tensor
+    log_q: torch.Tensor
+    ids: torch.Tensor
+    valid: torch.Tensor
+    first: int
+    total: int
+    world: int
+
+
+def _gather_items(v: torch.Tensor, log_q: torch.Tensor, ids: torch.Tensor) -> GatheredItems:
+    """All ranks' positives ``v (N, T)``, ``log_q (N,)``, ``ids (N,)``; ``v`` keeps its
+    gradient (``torch.distributed.nn.all_gather`` sums the ranks' gradients back to the
+    owner). Without a process group: this rank's own rows."""
+    n = v.shape[0]
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        valid = torch.ones(n, dtype=torch.bool, device=v.device)
+        return GatheredItems(v, log_q, ids, valid, 0, n, 1)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([n], dtype=torch.int64))
+    sizes = [int(c) for c in counts]
+    m = max(sizes)
+    pad = m - n
+    vectors = torch.cat(dist_nn.all_gather(F.pad(v, (0, 0, 0, pad))))
+    rest = []
+    for x, fill in ((log_q, 0.0), (ids, -1)):
+        padded = F.pad(x, (0, pad), value=fill)
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        rest.append(torch.cat(parts))
+    valid = torch.cat([torch.arange(m) < k for k in sizes]).to(v.device)
+    return GatheredItems(vectors, rest[0], rest[1], valid, rank * m, sum(sizes), world)
 
 
 class Tower(nn.Module):
@@ -175,20 +218,26 @@ class TwoTower(nn.Module):
     def in_batch_loss(self, out: TwoTowerOutput, positives: torch.Tensor) -> torch.Tensor:
         """Mean softmax cross-entropy of each positive pair against the batch's other items.
 
-        Another row holding the same item is not a negative: it is masked out.
+        Another row holding the same item is not a negative: it is masked out. Under
+        ``torchrun`` the negatives are the positives of *every* rank's share of the batch
+        (gathered with gradients), and the loss is scaled so that the ranks' averaged
+        gradients equal those of one process over the whole batch.
         """
         u, v, log_q = out.user[positives], out.item[positives], out.log_q[positives]
-        if u.shape[0] < 2:  # nothing to contrast; keep the graph so every parameter gets a grad
-            return (out.user.sum() + out.item.sum()) * 0.0
-        logits = u @ v.T / self.temperature
-        if self.logq:
-            logits = logits - log_q[None, :]
         ids = out.item_ids[positives]
-        same = (ids[:, None] == ids[None, :]) & ~torch.eye(
-            len(ids), dtype=torch.bool, device=ids.device
-        )
-        logits = logits.masked_fill(same, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
+        items = _gather_items(v, log_q, ids)
+        if items.total < 2:  # nothing to contrast; keep the graph so every parameter gets a grad
+            return (out.user.sum() + out.item.sum()) * 0.0
+        logits = u @ items.vectors.T / self.temperature
+        if self.logq:
+            logits = logits - items.log_q[None, :]
+        labels = items.first + torch.arange(u.shape[0], device=u.device)
+        others = torch.ones_like(logits, dtype=torch.bool)
+        others[torch.arange(u.shape[0], device=u.device), labels] = False
+        hidden = (ids[:, None] == items.ids[None, :]) & others | ~items.valid[None, :]
+        logits = logits.masked_fill(hidden, float("-inf"))
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        return (loss + (out.user.sum() + out.item.sum()) * 0.0) * items.world / items.total
 
     def side_spec(self, kind: str) -> FeatureSpec:
         if kind not in ("user", "item"):

@@ -56,12 +56,13 @@ def test_two_gloo_ranks_with_dmp_match_a_single_process_and_resume_exactly(
     for resumed, straight in pairs:
         resumed.pop("examples_per_s"), straight.pop("examples_per_s")
         assert resumed == straight
-    # two-tower: in-batch negatives come from the rank's own rows, so losses differ from a
-    # single process; the item-frequency counts (log-Q) are summed over ranks and must not
+    # two-tower: in-batch negatives are gathered from every rank and the item-frequency
+    # counts (log-Q) summed over ranks, so 2 ranks train like one process on the whole batch
     tt2 = results["two_tower"]
     tt1 = train(config("two_tower"), examples_dir, tmp_path / "single_tt", resume=False)
     assert len(tt2["losses"]) == len(tt1.losses) == 20
-    assert np.isfinite(tt2["losses"]).all() and tt2["losses"][-1] < tt2["losses"][0]
+    assert tt2["losses"][-1] < tt2["losses"][0]
+    np.testing.assert_allclose(tt2["losses"], tt1.losses, rtol=1e-4, atol=1e-5)
     counts2 = load_model_weights(tmp_path / "two_tower" / "checkpoint.pt")["item_frequency.counts"]
     counts1 = load_model_weights(tt1.last_checkpoint)["item_frequency.counts"]
     assert counts1.sum() > 0 and torch.equal(counts2, counts1)
