@@ -378,13 +378,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    cols = min(2, len(datasets))
+    grid = -(-len(datasets) // cols)
+    fig, axes = plt.subplots(grid, cols, figsize=(6 * cols, 4.5 * grid), squeeze=False)
     style = {
         "collisionless": ("k", "s"),
         "hashing": ("tab:orange", "o"),
         "unified": ("tab:blue", "^"),
     }
-    for ax, ds in zip(axes[0], datasets, strict=True):
+    for ax in axes.flat[len(datasets) :]:
+        ax.set_visible(False)
+    for ax, ds in zip(axes.flat, datasets, strict=False):
         for m, (color, marker) in style.items():
             rs = sorted(
                 (r for r in rows if r["dataset"] == ds and r["method"] == m),
