@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pstats
+import re
 import resource
 import subprocess
 import sys
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"#   top ops: {ph['top_ops_ms']}")
         with tempfile.TemporaryDirectory() as tmp:
             for k in kinds[:2]:
-                path = str(Path(tmp) / f"{k}.prof")
+                path = str(Path(tmp) / (re.sub(r"[^A-Za-z0-9]+", "_", k) + ".prof"))
                 run_child(args, k, profile_out=path)
                 text = cprofile_summary(path)
                 payload["profile"][f"cprofile_{k}"] = text

@@ -169,8 +169,11 @@ class FeatureEmbedding(nn.Module):
         values, lengths, vid, b = self._gather(features)
         dev = values.device
         mult = self._constants("mult", multipliers, dev)
-        nrows = self._constants("rows", rows, dev)
-        wrap = self._constants("wrap", [(1 << 64) % r for r in rows], dev)
         mixed = mix64_torch(values, mult[vid])
-        ids = umod_torch(mixed, nrows[vid], wrap[vid])
+        if len(set(rows)) == 1:  # unified tables: one row count, a scalar modulo is ~2x faster
+            ids = umod_torch(mixed, rows[0], (1 << 64) % rows[0])
+        else:
+            nrows = self._constants("rows", rows, dev)
+            wrap = self._constants("wrap", [(1 << 64) % r for r in rows], dev)
+            ids = umod_torch(mixed, nrows[vid], wrap[vid])
         return KeyedJaggedTensor(keys=self._ebc_order, values=ids, lengths=lengths, stride=b)
