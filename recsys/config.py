@@ -42,6 +42,9 @@ class SourceConfig(Section):
     # For movielens: a directory in any official layout (ml-100k, ml-1m, ml-latest[-small]).
     # For criteo: a directory of day_*.tsv files (or one file).
     path: str | None = Field(default=None, validate_default=True)
+    # For movielens: per movie, the tags used by the most tagging events become item concepts
+    # (0 = genres only). Tags are counted over the whole file, later ones included.
+    max_item_tags: int = Field(default=20, ge=0)
 
     @field_validator("path")
     @classmethod

@@ -4,7 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recsys.cli import PIPELINE, STAGES, build_parser, main
+from recsys.cli import PIPELINE, STAGES, build_parser, main, stage_source
+from recsys.config import load_config
+from recsys.sources.raw_logs import RawLogs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,3 +57,15 @@ def test_overrides_reach_the_config() -> None:
 
 def test_pipeline_stages_are_all_known() -> None:
     assert set(PIPELINE) <= set(STAGES)
+
+
+def test_source_max_item_tags_reaches_the_movielens_reader(tmp_path: Path) -> None:
+    concepts = {}
+    for tags in (20, 0):
+        sets = {"output_dir": str(tmp_path / f"t{tags}"), "source.max_item_tags": tags}
+        cfg = load_config(ROOT / "configs/movielens.yaml", sets)
+        stage_source(cfg)
+        items = RawLogs.read(tmp_path / f"t{tags}" / "raw").items
+        concepts[tags] = [c for row in items["concepts"].to_pylist() for c in row or []]
+    assert any(c.startswith("tag:") for c in concepts[20])
+    assert concepts[0] and not any(c.startswith("tag:") for c in concepts[0])
