@@ -163,15 +163,18 @@ class FeatureEmbedding(nn.Module):
         self,
         features: KeyedJaggedTensor,
         multipliers: Sequence[int],
-        rows: Sequence[int],
+        rows: Sequence[int] | int,
     ) -> KeyedJaggedTensor:
-        """Virtual KJT with row ``mix64(raw, salt_v) mod rows_v`` (bit-exact with numpy)."""
+        """Virtual KJT with row ``mix64(raw, salt_v) mod rows_v`` (bit-exact with numpy).
+
+        ``rows``: one count per virtual feature, or one ``int`` for all (unified tables),
+        which takes the modulo by a scalar, ~2x faster than by a gathered per-value tensor."""
         values, lengths, vid, b = self._gather(features)
         dev = values.device
         mult = self._constants("mult", multipliers, dev)
         mixed = mix64_torch(values, mult[vid])
-        if len(set(rows)) == 1:  # unified tables: one row count, a scalar modulo is ~2x faster
-            ids = umod_torch(mixed, rows[0], (1 << 64) % rows[0])
+        if isinstance(rows, int):
+            ids = umod_torch(mixed, rows, (1 << 64) % rows)
         else:
             nrows = self._constants("rows", rows, dev)
             wrap = self._constants("wrap", [(1 << 64) % r for r in rows], dev)

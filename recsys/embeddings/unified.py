@@ -196,10 +196,9 @@ class UnifiedEmbedding(FeatureEmbedding):
         super().__init__(list(config.features), virtual, tables, device)
         salt_of = {virtual_name(f, p): s for f, p, _, s in config.probes}
         self._multipliers = [salt_multiplier(salt_of[v]) for v in self._ebc_order]
-        self._rows = [config.rows_per_table] * len(self._ebc_order)
 
     def remap(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        return self._hash_route(features, self._multipliers, self._rows)
+        return self._hash_route(features, self._multipliers, self.config.rows_per_table)
 
     def config_dict(self) -> dict[str, Any]:
         return {"kind": "unified", "config": self.config.to_dict()}

@@ -104,8 +104,9 @@ def _gather_items(v: torch.Tensor, log_q: torch.Tensor, ids: torch.Tensor) -> Ga
         valid = torch.ones(n, dtype=torch.bool, device=v.device)
         return GatheredItems(v, log_q, ids, valid, 0, n, 1)
     world, rank = dist.get_world_size(), dist.get_rank()
-    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(counts, torch.tensor([n], dtype=torch.int64))
+    # on v's device: nccl gathers only CUDA tensors
+    counts = [torch.zeros(1, dtype=torch.int64, device=v.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([n], dtype=torch.int64, device=v.device))
     sizes = [int(c) for c in counts]
     m = max(sizes)
     pad = m - n
@@ -116,7 +117,7 @@ def _gather_items(v: torch.Tensor, log_q: torch.Tensor, ids: torch.Tensor) -> Ga
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded.contiguous())
         rest.append(torch.cat(parts))
-    valid = torch.cat([torch.arange(m) < k for k in sizes]).to(v.device)
+    valid = torch.cat([torch.arange(m, device=v.device) < k for k in sizes])
     return GatheredItems(vectors, rest[0], rest[1], valid, rank * m, sum(sizes), world)
 
 
@@ -226,8 +227,11 @@ class TwoTower(nn.Module):
         u, v, log_q = out.user[positives], out.item[positives], out.log_q[positives]
         ids = out.item_ids[positives]
         items = _gather_items(v, log_q, ids)
-        if items.total < 2:  # nothing to contrast; keep the graph so every parameter gets a grad
-            return (out.user.sum() + out.item.sum()) * 0.0
+        # zero that keeps every parameter in the graph (DDP wants a grad for each, also on a
+        # rank without positives)
+        keep_graph = (out.user.sum() + out.item.sum()) * 0.0
+        if items.total < 2:  # nothing to contrast
+            return keep_graph
         logits = u @ items.vectors.T / self.temperature
         if self.logq:
             logits = logits - items.log_q[None, :]
@@ -237,7 +241,7 @@ class TwoTower(nn.Module):
         hidden = (ids[:, None] == items.ids[None, :]) & others | ~items.valid[None, :]
         logits = logits.masked_fill(hidden, float("-inf"))
         loss = F.cross_entropy(logits, labels, reduction="sum")
-        return (loss + (out.user.sum() + out.item.sum()) * 0.0) * items.world / items.total
+        return (loss + keep_graph) * items.world / items.total
 
     def side_spec(self, kind: str) -> FeatureSpec:
         if kind not in ("user", "item"):
