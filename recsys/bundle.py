@@ -3,22 +3,36 @@
 Layout of ``bundle/<version>/``::
 
     bundle.json     format, version, model kind + constructor arguments, feature spec, metrics,
-                    and the sha256 of every other file (checked on load)
+                    and the sha256 of every other file (all checked on load)
     weights.pt      the model's ``state_dict`` (loaded with ``torch.load(weights_only=True)``)
     ...             any extra files a model kind writes (item embeddings, index, vocabulary)
 
 The model is rebuilt from ``bundle.json`` by a factory registered for its kind, never by
 unpickling: a bundle from outside can carry tensors and JSON, not code. A model that can embed
 rows implements ``Embedder.embed(kind, frame)``.
+
+Versions are immutable. An automatic version name is the UTC export time plus a short hash of
+the bundle's content (``20240101T120000Z-3f2a9c1b0d``), so two exports in the same second get
+different names; an export is built in a hidden temporary directory beside the versions and
+published with one rename that never replaces an existing version. Every file in a version
+directory must be listed in ``bundle.json`` with its checksum: a missing, unlisted or altered
+file makes the whole bundle refused with a ``BundleError`` naming it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
+import io
 import json
+import os
+import re
+import shutil
+import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -28,24 +42,28 @@ import pandas as pd
 import torch
 from torch import nn
 
-from recsys.atomic import atomic_dir
-from recsys.features.hashing import hash_values, mix64, to_int64
-
 FORMAT = 1
 META = "bundle.json"
 WEIGHTS = "weights.pt"
+# Temporary export directories: hidden (readers listing versions skip dot names) and tagged
+# with host and PID so a later export can sweep those of killed exporters.
+_TMP_PREFIX = ".export-"
+_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Automatic names: how many "-<n>" suffixes to try when identical content was exported in
+# the same second (the same name twice); each try is one no-replace rename.
+_MAX_NAME_TRIES = 100
 
 # kind -> "module:function" that builds an nn.Module from the kwargs stored in bundle.json.
 # Only these (and kinds registered in-process) can be loaded; bundle.json cannot name code.
 _FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
-    "id_embedding": "recsys.bundle:IdEmbedding",
     "ranker": "recsys.models.ranker:ranker_from_kwargs",
     "two_tower": "recsys.models.two_tower:two_tower_from_kwargs",
 }
 
 
 class BundleError(ValueError):
-    """A bundle that cannot be loaded; the message names the directory and the problem."""
+    """A bundle that cannot be written or loaded; the message names the file and the problem."""
 
 
 @runtime_checkable
@@ -68,7 +86,10 @@ def _factory(kind: str) -> Callable[..., nn.Module]:
     f = _FACTORIES[kind]
     if isinstance(f, str):
         module, attr = f.split(":")
-        f = getattr(importlib.import_module(module), attr)
+        try:
+            f = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise BundleError(f"model kind {kind!r}: factory {f} cannot be imported: {e}") from e
     return f
 
 
@@ -102,6 +123,10 @@ class Bundle:
             return self.model.embed(kind, frame)
 
 
+# ---------------------------------------------------------------------------------------------
+# export
+
+
 def export_bundle(
     out_dir: str | Path,
     model: nn.Module,
@@ -114,84 +139,273 @@ def export_bundle(
     config: dict[str, Any] | None = None,
     extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
-    """Write ``model`` as ``out_dir/<version>`` atomically and return that path.
+    """Write ``model`` as a new version directory ``out_dir/<version>`` and return its path.
 
     ``kwargs`` must rebuild the model through the factory registered for ``kind``;
-    ``extra_files`` maps a file name to a writer called with its destination path.
+    ``extra_files`` maps a relative file name to a writer called with its destination path.
+    ``version=None`` names the version ``<UTC time>-<content hash>`` (unique even for exports
+    in the same second). An existing version is never replaced: an explicit ``version`` that
+    already exists is a ``BundleError`` naming it; an automatic name that is taken (identical
+    content in the same second) gets a ``-<n>`` suffix.
     """
     _factory(kind)  # fail before writing anything if the kind cannot be loaded back
-    version = version or time.strftime("%Y%m%d-%H%M%S")
-    target = Path(out_dir) / version
-    with atomic_dir(target) as tmp:
-        torch.save(model.state_dict(), tmp / WEIGHTS)
+    root = Path(out_dir)
+    if version is not None:
+        _check_version_name(version)
+        if (root / version).exists():
+            raise BundleError(
+                f"{root / version}: version already exists; exports never replace one"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    _sweep_dead_exports(root)
+    tmp = root / f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_durably(tmp / WEIGHTS, lambda p: torch.save(model.state_dict(), p))
         for name, write in (extra_files or {}).items():
-            write(tmp / name)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        meta = {
+            if name in (META, WEIGHTS) or not _is_plain_relative(name):
+                raise BundleError(f"extra file {name!r}: reserved or not a plain relative name")
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            _write_durably(tmp / name, write)
+        body = {
             "format": FORMAT,
-            "version": version,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": {"kind": kind, "kwargs": kwargs},
             "features": features or {},
             "metrics": metrics or {},
             "config": config or {},
-            "files": files,
+            "files": {name: _sha256(tmp / name) for name in _files_under(tmp)},
         }
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    return target
+        body = json.loads(json.dumps(body, default=str))  # what bundle.json will hold
+        return _publish(tmp, root, body, version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _utc_now() -> time.struct_time:
+    return time.gmtime()
+
+
+def _check_version_name(version: str) -> None:
+    if not isinstance(version, str) or not _VERSION_NAME.fullmatch(version):
+        raise BundleError(
+            f"version {version!r}: must be 1-128 characters of letters, digits, '.', '_', '-', "
+            "not starting with '.', '_' or '-'"
+        )
+
+
+def _is_plain_relative(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "." not in parts
+
+
+def _content_hash(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _publish(tmp: Path, root: Path, body: dict[str, Any], version: str | None) -> Path:
+    """Write ``bundle.json`` into ``tmp`` and rename ``tmp`` to a version name nobody holds."""
+    now = _utc_now()
+    base = version or f"{time.strftime('%Y%m%dT%H%M%SZ', now)}-{_content_hash(body)[:10]}"
+    tries = 1 if version is not None else _MAX_NAME_TRIES
+    for attempt in range(tries):
+        name = base if attempt == 0 else f"{base}-{attempt}"
+        meta = {**body, "version": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now)}
+        _write_durably(
+            tmp / META,
+            lambda p, m=meta: p.write_text(json.dumps(m, indent=2, sort_keys=True)),
+        )
+        target = root / name
+        if _rename_no_replace(tmp, target):
+            _fsync_dir(root)
+            return target
+    if version is not None:
+        raise BundleError(f"{root / version}: version already exists; exports never replace one")
+    raise BundleError(f"{root}: {tries} versions named {base}[-n] already exist")
+
+
+def _rename_no_replace(src: Path, dst: Path) -> bool:
+    """Rename directory ``src`` to ``dst`` unless ``dst`` exists; False when it does.
+
+    ``rename(2)`` of a directory fails on an existing non-empty directory (every bundle holds
+    files), so two exporters racing for one name cannot replace each other's version.
+    """
+    if dst.exists() or dst.is_symlink():
+        return False
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            return False
+        raise
+    return True
+
+
+def _write_durably(path: Path, write: Callable[[Path], None]) -> None:
+    write(path)
+    if not path.is_file():
+        raise BundleError(f"{path.name}: the writer did not create a file")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sweep_dead_exports(root: Path) -> None:
+    """Remove temporary export directories left in ``root`` by killed exporters on this host."""
+    prefix = f"{_TMP_PREFIX}{socket.gethostname()}-"
+    for entry in root.iterdir():
+        if not entry.name.startswith(prefix) or not entry.is_dir():
+            continue
+        pid = entry.name.removeprefix(prefix).split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# load
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Load and verify a bundle directory; any missing or altered file is a ``BundleError``."""
+    """Load and verify a bundle directory.
+
+    Refused with a ``BundleError`` naming the file: a missing or malformed ``bundle.json``;
+    a file list without ``weights.pt``; a listed file missing or with another checksum; a
+    file in the directory that is not listed; constructor arguments the model kind rejects;
+    weights that do not unpickle as plain tensors or do not fit the model.
+    """
     path = Path(path)
-    try:
-        meta = json.loads((path / META).read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path}: no {META}") from None
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}/{META}: not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{path}: bundle format {meta.get('format')!r}, expected {FORMAT}")
-    for name, digest in meta.get("files", {}).items():
-        f = path / name
-        if not f.exists():
-            raise BundleError(f"{path}: missing file {name}")
-        if _sha256(f) != digest:
-            raise BundleError(f"{path}: checksum mismatch for {name}")
-    model = _factory(meta["model"]["kind"])(**meta["model"]["kwargs"])
-    state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    meta = _read_meta(path)
+    files = _listed_files(path, meta)
+    _check_no_unlisted_files(path, files)
+    for name, digest in files.items():
+        if name != WEIGHTS:
+            _check_checksum(path / name, digest)
+    weights = _read_checked(path / WEIGHTS, files[WEIGHTS])
+    model = _build_model(path, meta["model"])
+    _load_weights(path / WEIGHTS, weights, model)
     model.eval()
     return Bundle(path, meta, model)
 
 
-class IdEmbedding(nn.Module):
-    """The simplest embedder: hashed id -> learned vector, one table per kind.
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta_path = path / META
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{meta_path}: no {META}; not a bundle directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{meta_path}: not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: top level must be an object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
+    model = meta.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("kind"), str):
+        raise BundleError(f"{meta_path}: model.kind: missing or not a string")
+    if not isinstance(model.get("kwargs"), dict):
+        raise BundleError(f"{meta_path}: model.kwargs: missing or not an object")
+    if not isinstance(meta.get("version"), str):
+        raise BundleError(f"{meta_path}: version: missing or not a string")
+    return meta
 
-    Args:
-        num_buckets: rows per table.
-        dim: vector width.
-        salt: hashing salt for ids.
-    Input: ``embed(kind, frame)`` reads ``frame[f"{kind}_id"]`` (length ``B``).
-    Output: ``float32`` array ``(B, dim)``.
-    """
 
-    def __init__(self, num_buckets: int, dim: int, salt: int = 0) -> None:
-        super().__init__()
-        self.num_buckets, self.salt = num_buckets, salt
-        self.tables = nn.ModuleDict({k: nn.Embedding(num_buckets, dim) for k in ("item", "user")})
-        for t in self.tables.values():
-            nn.init.uniform_(t.weight, -0.05, 0.05)
+def _listed_files(path: Path, meta: Mapping[str, Any]) -> dict[str, str]:
+    meta_path = path / META
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"{meta_path}: files: missing or not an object")
+    for name, digest in files.items():
+        if name == META or not _is_plain_relative(name):
+            raise BundleError(f"{meta_path}: files: {name!r} is not a file of the bundle")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise BundleError(f"{meta_path}: files.{name}: {digest!r} is not a sha256 digest")
+    if WEIGHTS not in files:
+        raise BundleError(f"{meta_path}: files: {WEIGHTS} is not listed")
+    return files
 
-    def rows(self, ids: np.ndarray) -> torch.Tensor:
-        h = mix64(hash_values(ids, self.salt), 0) % np.uint64(self.num_buckets)
-        return torch.from_numpy(to_int64(h).copy())
 
-    def forward(self, kind: str, rows: torch.Tensor) -> torch.Tensor:
-        return self.tables[kind](rows)
+def _files_under(root: Path) -> list[str]:
+    """Relative POSIX names of everything but directories under ``root`` (links not followed)."""
+    names: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel = Path(dirpath).relative_to(root)
+        names += [(rel / f).as_posix() for f in filenames]
+        names += [(rel / d).as_posix() for d in dirnames if (Path(dirpath) / d).is_symlink()]
+    return sorted(n for n in names if n != META)
 
-    def embed(self, kind: str, frame: pd.DataFrame) -> np.ndarray:
-        col = f"{kind}_id"
-        if col not in frame.columns:
-            raise BundleError(f"embed({kind!r}): input has no column {col!r}")
-        return self(kind, self.rows(frame[col].to_numpy())).numpy().astype(np.float32)
+
+def _check_no_unlisted_files(path: Path, files: Mapping[str, str]) -> None:
+    unlisted = [n for n in _files_under(path) if n not in files]
+    if unlisted:
+        shown = ", ".join(unlisted[:5]) + (" ..." if len(unlisted) > 5 else "")
+        raise BundleError(f"{path}: {len(unlisted)} file(s) not listed in {META}: {shown}")
+
+
+def _check_checksum(file: Path, digest: str) -> None:
+    if file.is_symlink() or not file.is_file():
+        raise BundleError(f"{file}: listed in {META} but missing (or not a regular file)")
+    if _sha256(file) != digest:
+        raise BundleError(f"{file}: checksum mismatch with {META}")
+
+
+def _read_checked(file: Path, digest: str) -> bytes:
+    """The bytes of ``file`` after checking them: the bytes checked are the bytes loaded."""
+    if file.is_symlink() or not file.is_file():
+        raise BundleError(f"{file}: listed in {META} but missing (or not a regular file)")
+    data = file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise BundleError(f"{file}: checksum mismatch with {META}")
+    return data
+
+
+def _build_model(path: Path, model: Mapping[str, Any]) -> nn.Module:
+    try:
+        factory = _factory(model["kind"])
+    except BundleError as e:
+        raise BundleError(f"{path / META}: model.kind: {e}") from None
+    try:
+        built = factory(**model["kwargs"])
+    except Exception as e:  # any factory failure means the stored arguments are unusable
+        raise BundleError(
+            f"{path / META}: model.kwargs do not build a {model['kind']!r} model: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(built, nn.Module):
+        raise BundleError(f"{path / META}: factory of {model['kind']!r} returned no nn.Module")
+    return built
+
+
+def _load_weights(file: Path, data: bytes, model: nn.Module) -> None:
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, zip errors
+        raise BundleError(
+            f"{file}: not a plain state_dict (refused, never unpickled as code): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise BundleError(f"{file}: holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # missing/unexpected keys, shape mismatch
+        raise BundleError(f"{file}: does not fit the model: {e}") from None

@@ -29,6 +29,15 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the key path."""
 
 
+# Seeds feed numpy's legacy RNG too, which takes 0 <= seed < 2**32.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Counts that must be at least one (sizes, epochs, steps) and rates that must be positive.
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, values are never coerced."""
 
@@ -59,15 +68,15 @@ class SourceConfig(Section):
 class SimulatorConfig(Section):
     """The seeded synthetic world (see ``recsys.sources.simulator``)."""
 
-    seed: int = 7
-    num_users: int = 2_000
-    num_items: int = 1_000
-    num_concepts: int = 48
-    num_creators: int = 200
-    days: int = 21
-    new_items_per_day: int = 20
-    slate_size: int = 10
-    sessions_per_active_day: float = 1.5
+    seed: Seed = 7
+    num_users: PositiveInt = 2_000
+    num_items: PositiveInt = 1_000
+    num_concepts: PositiveInt = 48
+    num_creators: PositiveInt = 200
+    days: PositiveInt = 21
+    new_items_per_day: NonNegativeInt = 20
+    slate_size: PositiveInt = 10
+    sessions_per_active_day: PositiveFloat = 1.5
     image_size: int = Field(default=32, ge=8, le=128)
     audio_dim: int = Field(default=32, ge=4, le=512)
     with_media: bool = True
@@ -104,10 +113,18 @@ class LabelRule(Section):
 
     kind: Literal["click", "rating", "dwell"] = "rating"
     # rating >= threshold (movielens) or dwell seconds >= threshold.
-    threshold: float = 4.0
+    threshold: float = Field(default=4.0, allow_inf_nan=False)
     # Events that are neither positive nor a valid negative are dropped (e.g. rating 3 when
     # drop_between is set: ratings in [drop_between, threshold) are discarded, DCN-v2 style).
-    drop_between: float | None = None
+    drop_between: float | None = Field(default=None, allow_inf_nan=False)
+
+    @field_validator("drop_between")
+    @classmethod
+    def _below_threshold(cls, value: float | None, info: ValidationInfo) -> float | None:
+        threshold = info.data.get("threshold")
+        if value is not None and threshold is not None and value > threshold:
+            raise ValueError(f"must be at most threshold ({threshold})")
+        return value
 
 
 class SplitConfig(Section):
@@ -140,7 +157,7 @@ class SparkConfig(Section):
     app_name: str = "recsys"
     driver_memory: str = "2g"
     executor_memory: str = "2g"
-    shuffle_partitions: int = 8
+    shuffle_partitions: PositiveInt = 8
     extra: dict[str, str] = Field(default_factory=dict)
 
 
@@ -151,14 +168,22 @@ class PrepareConfig(Section):
     split: SplitConfig = SplitConfig()
     history_length: int = Field(default=20, ge=0, le=500)
     max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
-    min_value: float | None = None
-    max_value: float | None = None
-    top_values: int = 10
+    min_value: float | None = Field(default=None, allow_inf_nan=False)
+    max_value: float | None = Field(default=None, allow_inf_nan=False)
+    top_values: NonNegativeInt = 10
     # String columns of items/users that are free text (read by text encoders), not categorical
     # attributes: they get no ``s_item_X`` / ``s_user_X`` sparse feature.
     text_columns: list[str] = Field(default_factory=lambda: ["title", "text"])
     # Relative error of approxQuantile when split cut-offs are derived from fractions.
     quantile_error: float = Field(default=0.0005, ge=0, le=0.1)
+
+    @field_validator("max_value")
+    @classmethod
+    def _max_not_below_min(cls, value: float | None, info: ValidationInfo) -> float | None:
+        low = info.data.get("min_value")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"must be at least min_value ({low})")
+        return value
 
 
 class EmbeddingConfig(Section):
@@ -167,15 +192,15 @@ class EmbeddingConfig(Section):
     kind: Literal["unified", "hashing", "collisionless"] = "unified"
     dim: int = Field(default=16, ge=1)  # chunk (probe) dimension d
     # Budget-first: total embedding parameters; table sizes follow. None = collisionless size.
-    param_budget: int | None = None
+    param_budget: PositiveInt | None = None
     budget_fraction: float | None = Field(default=None, gt=0, le=1)
     num_tables: int = Field(default=1, ge=1)
     # Probes (chunks) per feature; a feature of width k*d takes k probes. Default 1.
-    probes: dict[str, int] = Field(default_factory=dict)
+    probes: dict[str, PositiveInt] = Field(default_factory=dict)
     # Probes of every feature not named in ``probes``; configs use 2 x dim 8 (16 wide), the
     # AUC/speed balance measured in docs/benchmarks.md (4 x 4: best AUC, ~0.8x speed).
     default_probes: int = Field(default=1, ge=1)
-    init_scale: float = 0.05
+    init_scale: PositiveFloat = 0.05
     salt: int = 0
     # Pooling of multi-valued features (history, concepts): mean keeps every feature on the
     # same scale whatever its length (see recsys/embeddings/unified.py).
@@ -188,13 +213,12 @@ class ModelConfig(Section):
     """Ranker (DCN-v2) and two-tower model shapes."""
 
     kind: Literal["ranker", "two_tower"] = "ranker"
-    cross_layers: int = 3
-    cross_low_rank: int | None = None
-    mlp: list[int] = Field(default_factory=lambda: [128, 64])
+    cross_layers: PositiveInt = 3
+    cross_low_rank: PositiveInt | None = None
+    mlp: list[PositiveInt] = Field(default_factory=lambda: [128, 64])
     lt_head: bool = False
-    tower_dim: int = 32
-    temperature: float = 0.05
-    # Added for the ranker/two-tower issue:
+    tower_dim: PositiveInt = 32
+    temperature: PositiveFloat = 0.05
     dense_dim: int | None = Field(default=None, ge=1)  # dense projection width; None = emb dim
     num_match: int = Field(default=0, ge=0)  # match features (SESA / omni scores) fed to ranker
     lt_weight: float = Field(default=0.1, ge=0)  # weight of the lt7 MSE loss when lt_head
@@ -205,16 +229,16 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     """Training loop."""
 
-    seed: int = 0
-    batch_size: int = 1024
-    epochs: int = 5
-    lr_dense: float = 1e-3
-    lr_embedding: float = 0.05
-    weight_decay: float = 1e-5
-    patience: int = 2
-    prefetch: int = 4
-    max_steps: int | None = None
-    # Added for the ranker/two-tower issue:
+    seed: Seed = 0
+    batch_size: PositiveInt = 1024
+    epochs: PositiveInt = 5
+    lr_dense: PositiveFloat = 1e-3
+    lr_embedding: PositiveFloat = 0.05
+    weight_decay: NonNegativeFloat = 1e-5
+    # Epochs without a better validation metric before stopping (1 = stop at the first).
+    patience: PositiveInt = 2
+    prefetch: NonNegativeInt = 4  # batches prepared ahead by a thread; 0 = no thread
+    max_steps: PositiveInt | None = None
     checkpoint_every: int | None = Field(default=None, ge=1)  # steps; None = end of epoch only
     sharding: Literal["table_wise", "column_wise"] = "table_wise"  # DMP planner constraint
     recall_k: int = Field(default=10, ge=1)  # two-tower validation recall@K
@@ -226,9 +250,9 @@ class ServingConfig(Section):
     """gRPC server (later issues)."""
 
     host: str = "127.0.0.1"
-    port: int = 50051
+    port: int = Field(default=50051, ge=0, le=65535)  # 0 = any free port
     redis_url: str | None = None
-    max_request_items: int = 4096
+    max_request_items: PositiveInt = 4096
 
 
 class PipelineConfig(Section):

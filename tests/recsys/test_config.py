@@ -162,3 +162,60 @@ def test_sections_are_frozen():
     cfg = parse_config({"name": "t", "source": {"kind": "simulator"}})
     with pytest.raises(ValueError):
         cfg.train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "bound"),
+    [
+        ("train", "epochs", -1, "greater than or equal to 1"),
+        ("train", "epochs", 0, "greater than or equal to 1"),
+        ("train", "batch_size", -5, "greater than or equal to 1"),
+        ("train", "lr_dense", -0.001, "greater than 0"),
+        ("train", "lr_embedding", 0.0, "greater than 0"),
+        ("train", "weight_decay", -0.5, "greater than or equal to 0"),
+        ("train", "patience", 0, "greater than or equal to 1"),
+        ("train", "prefetch", -1, "greater than or equal to 0"),
+        ("train", "max_steps", 0, "greater than or equal to 1"),
+        ("train", "seed", -1, "greater than or equal to 0"),
+        ("train", "lr_dense", float("nan"), "finite number"),
+        ("model", "tower_dim", 0, "greater than or equal to 1"),
+        ("model", "temperature", 0.0, "greater than 0"),
+        ("model", "cross_layers", 0, "greater than or equal to 1"),
+        ("embedding", "param_budget", -100, "greater than or equal to 1"),
+        ("embedding", "init_scale", -0.05, "greater than 0"),
+        ("simulator", "num_users", 0, "greater than or equal to 1"),
+        ("simulator", "days", -3, "greater than or equal to 1"),
+        ("spark", "shuffle_partitions", 0, "greater than or equal to 1"),
+        ("serving", "port", 70000, "less than or equal to 65535"),
+    ],
+)
+def test_an_out_of_bounds_number_is_refused_at_load_naming_file_and_key(
+    tmp_path: Path, section: str, key: str, value: object, bound: str
+):
+    path = _write(tmp_path, MINIMAL + f"{section}: {{{key}: {value}}}\n".replace("nan", ".nan"))
+    (line,) = _error_lines(path)
+    assert line.startswith(f"{path}: {section}.{key}: Input should be ")
+    assert bound in line
+
+
+def test_a_bound_inside_a_list_or_mapping_names_the_element(tmp_path: Path):
+    path = _write(tmp_path, MINIMAL + "model: {mlp: [64, 0]}\nembedding: {probes: {s_item: -2}}\n")
+    lines = sorted(_error_lines(path))
+    assert [line.split(": ")[1] for line in lines] == ["embedding.probes.s_item", "model.mlp[1]"]
+
+
+def test_crossed_bounds_between_two_keys_are_named_at_the_second(tmp_path: Path):
+    path = _write(
+        tmp_path,
+        MINIMAL + "prepare: {min_value: 5, max_value: 1, label: {threshold: 3, drop_between: 4}}\n",
+    )
+    assert sorted(_error_lines(path)) == [
+        f"{path}: prepare.label.drop_between: must be at most threshold (3.0)",
+        f"{path}: prepare.max_value: must be at least min_value (5.0)",
+    ]
+
+
+def test_an_out_of_bounds_override_is_refused_like_a_file_value(tmp_path: Path):
+    path = _write(tmp_path, MINIMAL)
+    (line,) = _error_lines(path, {"train.batch_size": -5})
+    assert line.startswith(f"{path}: train.batch_size: Input should be greater than or equal to 1")
