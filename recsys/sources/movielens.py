@@ -11,7 +11,15 @@ subdirectory that matches, so pointing at the folder a zip was unpacked into als
 - ``ml-latest`` / ``ml-latest-small`` / ``ml-20m`` and later: ``ratings.csv``, ``movies.csv``,
   optional ``tags.csv``; ``links.csv`` and genome files are ignored.
 
-Text files are decoded as UTF-8 when they are valid UTF-8, else as Latin-1 (ml-100k, ml-1m).
+Reading is row by row (``recsys.sources.text_rows``): a row with the wrong number of fields, an
+id or rating that is not a number, or a timestamp that is not an integer or lies outside a
+plausible window (``TS_WINDOW_S``: 1970-01-01 to 2100-01-01 UTC) is quarantined with its file,
+line and reason (``RawLogs.quality``, written as ``quarantine.parquet`` beside the raw logs) and
+the rest is kept; when a file's rejected fraction exceeds ``max_bad_fraction`` the read fails
+with ``MovieLensError`` naming the file, the reasons and the first bad line. Text is decoded per
+row: valid UTF-8 stays exact; bytes that are not UTF-8 (ml-100k and ml-1m are Latin-1) are
+decoded as Latin-1 on their own line only, and those lines are counted as ``decoded_latin1``.
+The detected layout is logged (logger ``recsys.sources.movielens``, INFO).
 
 Mapping (the same for every layout):
 
@@ -39,7 +47,7 @@ most tagging events (ties alphabetical) are kept, genres first.
 
 from __future__ import annotations
 
-import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +57,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys.contract import EVENTS, ITEMS, STR_LIST, TS_TYPE, USERS, TableContract
+from recsys.sources.quarantine import FileQuality, SourceQuality
 from recsys.sources.raw_logs import RawLogs
+from recsys.sources.text_rows import (
+    DECODED_LATIN1,
+    TS_WINDOW_S,
+    Rows,
+    read_free_text_rows,
+    read_rows,
+)
+
+log = logging.getLogger(__name__)
 
 MAX_ITEM_TAGS = 20
+# Default limit on the fraction of rejected rows per file; the same default as the Spark gate's
+# ``prepare.max_bad_fraction`` (callers pass the configured value).
+MAX_BAD_FRACTION = 0.01
+
+# Reasons a row is quarantined (besides ``wrong_field_count`` and ``ts_out_of_window``).
+BAD_USER_ID = "bad_user_id"
+BAD_MOVIE_ID = "bad_movie_id"
+BAD_RATING = "bad_rating"
+BAD_TS = "bad_ts"
+BAD_GENRE_INDEX = "bad_genre_index"
 
 # Genre flag names of ml-100k, used when u.genre is absent.
 ML100K_GENRES = tuple(
@@ -82,11 +110,13 @@ _YEAR = r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)\s*$"
 
 @dataclass(frozen=True)
 class Layout:
-    """One official file layout: the files it needs and the ones it may have."""
+    """One official file layout: the files it needs, the ones it may have, and the encoding its
+    text files are published in (``utf-8`` or ``latin-1``)."""
 
     name: str
     required: tuple[str, ...]
     optional: tuple[str, ...]
+    encoding: str = "utf-8"
 
     def describe(self) -> str:
         opt = f" [{', '.join(self.optional)}]" if self.optional else ""
@@ -94,14 +124,15 @@ class Layout:
 
 
 LAYOUTS = (
-    Layout("ml-100k", ("u.data", "u.item"), ("u.user", "u.genre")),
-    Layout("ml-1m", ("ratings.dat", "movies.dat"), ("users.dat", "tags.dat")),
-    Layout("ml-latest", ("ratings.csv", "movies.csv"), ("tags.csv", "links.csv")),
+    Layout("ml-100k", ("u.data", "u.item"), ("u.user", "u.genre"), "latin-1"),
+    Layout("ml-1m", ("ratings.dat", "movies.dat"), ("users.dat", "tags.dat"), "latin-1"),
+    Layout("ml-latest", ("ratings.csv", "movies.csv"), ("tags.csv", "links.csv"), "utf-8"),
 )
 
 
 class MovieLensError(ValueError):
-    """A MovieLens file that cannot be read; the message names the file and the problem."""
+    """MovieLens files that cannot be used (too many bad rows); the message names each file,
+    the reasons with their counts and the first bad line."""
 
 
 def detect_layout(path: str | Path) -> tuple[Layout, Path]:
@@ -142,277 +173,239 @@ def detect_layout(path: str | Path) -> tuple[Layout, Path]:
     )
 
 
-def read_movielens(path: str | Path, max_item_tags: int = MAX_ITEM_TAGS) -> RawLogs:
+def read_movielens(
+    path: str | Path,
+    max_item_tags: int = MAX_ITEM_TAGS,
+    max_bad_fraction: float = MAX_BAD_FRACTION,
+    ts_window_s: tuple[int, int] = TS_WINDOW_S,
+) -> RawLogs:
     """Read a MovieLens directory in any official layout into raw logs (see module docstring).
 
-    The result passes ``validate_table`` for EVENTS, ITEMS and USERS.
+    The result passes ``validate_table`` for EVENTS, ITEMS and USERS; ``result.quality`` holds
+    the rejected rows (file, line, reason) and the repaired ones. Raises ``MovieLensError`` when
+    a file's rejected fraction exceeds ``max_bad_fraction``.
     """
     layout, root = detect_layout(path)
+    present = [f for f in (*layout.required, *layout.optional) if (root / f).is_file()]
+    log.info("%s: MovieLens layout %s (%s)", root, layout.name, ", ".join(present))
+    ctx = _Context(root, SourceQuality(), ts_window_s)
     reader = {"ml-100k": _read_100k, "ml-1m": _read_dat, "ml-latest": _read_csv}[layout.name]
-    ratings, tags, movies, users = reader(root)
-    return _assemble(ratings, tags, movies, users, max_item_tags)
+    ratings, tags, movies, users = reader(ctx)
+    _report(ctx.quality, layout, max_bad_fraction)
+    logs = _assemble(ratings, tags, movies, users, max_item_tags)
+    logs.quality = ctx.quality
+    return logs
+
+
+def _report(quality: SourceQuality, layout: Layout, max_bad_fraction: float) -> None:
+    """Log repairs and quarantined rows; raise ``MovieLensError`` past ``max_bad_fraction``."""
+    level = logging.INFO if layout.encoding == "latin-1" else logging.WARNING
+    for f in quality.files.values():
+        lines = f.repaired.get(DECODED_LATIN1, [])
+        if lines:
+            log.log(
+                level,
+                "%s: %d lines are not UTF-8; their non-UTF-8 bytes were decoded as Latin-1 "
+                "(first: line %d)",
+                f.path,
+                len(lines),
+                lines[0],
+            )
+    failures = quality.failures(max_bad_fraction)
+    if failures:
+        raise MovieLensError(
+            "; ".join(failures) + " (prepare.max_bad_fraction; fix or remove those rows)"
+        )
+    for line in quality.warnings():
+        log.warning(
+            "%s; moved to the quarantine, run continues (limit %.1f%%)",
+            line,
+            100 * max_bad_fraction,
+        )
 
 
 # --- per-layout readers -------------------------------------------------------------------
 # Each returns (ratings[user, item, rating, ts], tags[user, item, tag, ts] | None,
-# movies[item, title, genres: list, year], users[user, attributes...] | None).
+# movies[item, title, genres: list, year], users[user, attributes...] | None), keeping only the
+# rows that pass every check; the others are recorded in ``quality`` with line and reason.
 
 _Frames = tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame, pd.DataFrame | None]
 
 
-def _read_100k(root: Path) -> _Frames:
-    ratings = _table(
-        root / "u.data",
-        sep="\t",
-        names=["user", "item", "rating", "ts"],
-        dtype={"user": "int64", "item": "int64", "rating": "float64", "ts": "int64"},
+@dataclass(frozen=True)
+class _Context:
+    root: Path
+    quality: SourceQuality
+    ts_window_s: tuple[int, int]
+
+    def file(self, name: str) -> FileQuality:
+        return self.quality.file(self.root / name)
+
+
+# Column types of the ratings files, parsed while read when every row is clean.
+_RATING_TYPES = {"user": pa.int64(), "item": pa.int64(), "rating": pa.float64(), "ts": pa.int64()}
+
+
+def _ratings(rows: Rows, ctx: _Context) -> pd.DataFrame:
+    ratings = pd.DataFrame(
+        {
+            "user": rows.integers("user", BAD_USER_ID),
+            "item": rows.integers("item", BAD_MOVIE_ID),
+            "rating": rows.floats("rating", BAD_RATING),
+            "ts": rows.epoch_seconds("ts", BAD_TS, ctx.ts_window_s),
+        }
     )
-    genre_path = root / "u.genre"
+    return ratings[rows.finish()].reset_index(drop=True)
+
+
+def _tags(rows: Rows, ctx: _Context) -> pd.DataFrame:
+    tags = pd.DataFrame(
+        {
+            "user": rows.integers("user", BAD_USER_ID),
+            "item": rows.integers("item", BAD_MOVIE_ID),
+            "tag": rows.strings("tag"),
+            "ts": rows.epoch_seconds("ts", BAD_TS, ctx.ts_window_s),
+        }
+    )
+    return tags[rows.finish()].reset_index(drop=True)
+
+
+def _read_100k(ctx: _Context) -> _Frames:
+    root = ctx.root
+    ratings = _ratings(
+        read_rows(
+            root / "u.data", list(_RATING_TYPES), "\t", ctx.file("u.data"), types=_RATING_TYPES
+        ),
+        ctx,
+    )
     genres = list(ML100K_GENRES)
-    if genre_path.is_file():
-        g = _table(genre_path, sep="|", names=["name", "index"], dtype=str, text=True)
-        g["index"] = _ints(g["index"], genre_path, "genre index")
-        genres = list(g.sort_values("index")["name"])
+    if (root / "u.genre").is_file():
+        g = read_rows(root / "u.genre", ["name", "index"], "|", ctx.file("u.genre"))
+        index = g.integers("index", BAD_GENRE_INDEX)
+        good = g.finish()
+        genres = list(pd.Series(g.strings("name")[good], index=index[good]).sort_index())
     names = ["item", "title", "release", "video", "url", *[f"g{i}" for i in range(len(genres))]]
-    raw = _table(
-        root / "u.item",
-        sep="|",
-        names=names,
-        dtype=str,
-        text=True,
-        keep_default_na=False,
-        na_values=[""],
-    )
-    flags = raw[names[5:]].fillna("0").to_numpy() == "1"
-    movies = pd.DataFrame(
-        {"item": _ints(raw["item"], root / "u.item", "movie id"), "title": raw["title"]}
-    )
+    raw = read_rows(root / "u.item", names, "|", ctx.file("u.item"))
+    item = raw.integers("item", BAD_MOVIE_ID)
+    good = raw.finish()
+    flags = np.stack([raw.strings(n)[good] == "1" for n in names[5:]], axis=1)
+    title = pd.Series(raw.strings("title")[good], dtype=object)
+    movies = pd.DataFrame({"item": item[good], "title": title.where(title != "", None)})
     movies["genres"] = _flag_lists(flags, genres)
-    year = raw["release"].str.extract(r"(\d{4})\s*$", expand=False)
+    release = pd.Series(raw.strings("release")[good], dtype=object)
+    year = release.str.extract(r"(\d{4})\s*$", expand=False)
     movies["year"] = _title_year(movies["title"]).fillna(year)
     users = None
     if (root / "u.user").is_file():
-        u = _table(
+        u = read_rows(
             root / "u.user",
-            sep="|",
-            names=["user", "age", "gender", "occupation", "zip"],
-            dtype=str,
-            text=True,
+            ["user", "age", "gender", "occupation", "zip"],
+            "|",
+            ctx.file("u.user"),
         )
+        user = u.integers("user", BAD_USER_ID)
+        good = u.finish()
         users = pd.DataFrame(
             {
-                "user": _ints(u["user"], root / "u.user", "user id"),
-                "gender": u["gender"],
-                "age": _age_bucket(pd.to_numeric(u["age"], errors="coerce")),
-                "occupation": u["occupation"],
-                "zip": u["zip"],
+                "user": user[good],
+                "gender": u.strings("gender")[good],
+                "age": _age_bucket(pd.to_numeric(pd.Series(u.strings("age")[good]), "coerce")),
+                "occupation": u.strings("occupation")[good],
+                "zip": u.strings("zip")[good],
             }
         )
     return ratings, None, movies, users
 
 
-def _read_dat(root: Path) -> _Frames:
-    path = root / "ratings.dat"
-    numeric = {"user": "int64", "item": "int64", "rating": "float64", "ts": "int64"}
-    r = _colon_table(path, list(numeric), dtype=numeric)
-    ratings = pd.DataFrame(
-        {
-            "user": _ints(r["user"], path, "user id"),
-            "item": _ints(r["item"], path, "movie id"),
-            "rating": _numbers(r["rating"], path, "rating"),
-            "ts": _ints(r["ts"], path, "timestamp"),
-        }
+def _read_dat(ctx: _Context) -> _Frames:
+    root = ctx.root
+    ratings = _ratings(
+        read_rows(
+            root / "ratings.dat",
+            list(_RATING_TYPES),
+            "::",
+            ctx.file("ratings.dat"),
+            types=_RATING_TYPES,
+        ),
+        ctx,
     )
-    m = _split_lines(root / "movies.dat", 3)
-    movies = pd.DataFrame({"item": _ints(m[0], root / "movies.dat", "movie id"), "title": m[1]})
-    movies["genres"] = _split_genres(m[2])
+    m = read_free_text_rows(
+        root / "movies.dat", ["item", "title", "genres"], ctx.file("movies.dat")
+    )
+    item = m.integers("item", BAD_MOVIE_ID)
+    good = m.finish()
+    movies = pd.DataFrame({"item": item[good], "title": m.strings("title")[good]})
+    movies["genres"] = _split_genres(pd.Series(m.strings("genres")[good], dtype=object))
     movies["year"] = _title_year(movies["title"])
     tags = None
     if (root / "tags.dat").is_file():
-        t = _split_lines(root / "tags.dat", 4)
-        p = root / "tags.dat"
-        tags = pd.DataFrame(
-            {
-                "user": _ints(t[0], p, "user id"),
-                "item": _ints(t[1], p, "movie id"),
-                "tag": t[2],
-                "ts": _ints(t[3], p, "timestamp"),
-            }
+        t = read_free_text_rows(
+            root / "tags.dat", ["user", "item", "tag", "ts"], ctx.file("tags.dat")
         )
+        tags = _tags(t, ctx)
     users = None
     if (root / "users.dat").is_file():
-        u = _colon_table(root / "users.dat", ["user", "gender", "age", "occupation", "zip"])
-        occ = pd.to_numeric(u["occupation"], errors="coerce")
-        names = pd.Series(ML1M_OCCUPATIONS).reindex(occ.to_numpy()).to_numpy()
+        u = read_rows(
+            root / "users.dat",
+            ["user", "gender", "age", "occupation", "zip"],
+            "::",
+            ctx.file("users.dat"),
+        )
+        user = u.integers("user", BAD_USER_ID)
+        good = u.finish()
+        age = pd.Series(u.strings("age")[good], dtype=object)
+        occupation = pd.Series(u.strings("occupation")[good], dtype=object)
+        code = pd.to_numeric(occupation, errors="coerce")
+        occupation_name = pd.Series(ML1M_OCCUPATIONS).reindex(code.to_numpy()).to_numpy()
         users = pd.DataFrame(
             {
-                "user": _ints(u["user"], root / "users.dat", "user id"),
-                "gender": u["gender"],
-                "age": pd.to_numeric(u["age"], errors="coerce").map(AGE_BUCKETS).fillna(u["age"]),
-                "occupation": pd.Series(names, index=u.index).fillna(u["occupation"]),
-                "zip": u["zip"],
+                "user": user[good],
+                "gender": u.strings("gender")[good],
+                "age": pd.to_numeric(age, errors="coerce").map(AGE_BUCKETS).fillna(age),
+                "occupation": pd.Series(occupation_name, index=occupation.index).fillna(occupation),
+                "zip": u.strings("zip")[good],
             }
         )
     return ratings, tags, movies, users
 
 
-def _read_csv(root: Path) -> _Frames:
-    ratings = _table(
+def _read_csv(ctx: _Context) -> _Frames:
+    root = ctx.root
+    r = read_rows(
         root / "ratings.csv",
-        sep=",",
-        header=0,
-        names=["user", "item", "rating", "ts"],
-        dtype={"user": "int64", "item": "int64", "rating": "float64", "ts": "int64"},
-        quoting=csv.QUOTE_MINIMAL,
+        list(_RATING_TYPES),
+        ",",
+        ctx.file("ratings.csv"),
+        header=True,
+        quoted=True,
+        types=_RATING_TYPES,
     )
-    m = _table(
+    ratings = _ratings(r, ctx)
+    m = read_rows(
         root / "movies.csv",
-        sep=",",
-        header=0,
-        names=["item", "title", "genres"],
-        dtype={"item": "int64", "title": str, "genres": str},
-        quoting=csv.QUOTE_MINIMAL,
-        keep_default_na=False,
-        text=True,
+        ["item", "title", "genres"],
+        ",",
+        ctx.file("movies.csv"),
+        header=True,
+        quoted=True,
     )
-    movies = m[["item", "title"]].copy()
-    movies["genres"] = _split_genres(m["genres"])
+    item = m.integers("item", BAD_MOVIE_ID)
+    good = m.finish()
+    movies = pd.DataFrame({"item": item[good], "title": m.strings("title")[good]})
+    movies["genres"] = _split_genres(pd.Series(m.strings("genres")[good], dtype=object))
     movies["year"] = _title_year(movies["title"])
     tags = None
     if (root / "tags.csv").is_file():
-        tags = _table(
+        t = read_rows(
             root / "tags.csv",
-            sep=",",
-            header=0,
-            names=["user", "item", "tag", "ts"],
-            dtype={"user": "int64", "item": "int64", "tag": str, "ts": "int64"},
-            quoting=csv.QUOTE_MINIMAL,
-            keep_default_na=False,
-            text=True,
+            ["user", "item", "tag", "ts"],
+            ",",
+            ctx.file("tags.csv"),
+            header=True,
+            quoted=True,
         )
+        tags = _tags(t, ctx)
     return ratings, tags, movies, None
-
-
-# --- file helpers -------------------------------------------------------------------------
-
-
-def _encoding(path: Path) -> str:
-    try:
-        path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        return "latin-1"
-    return "utf-8"
-
-
-def _table(
-    path: Path,
-    *,
-    sep: str,
-    names: list[str],
-    header: int | None = None,
-    quoting: int = csv.QUOTE_NONE,
-    text: bool = False,
-    **kw: object,
-) -> pd.DataFrame:
-    """``pd.read_csv`` (C engine) that names the file in every error.
-
-    ``text``: the file has free text (titles, tags), so its encoding is detected.
-    """
-    enc = _encoding(path) if text else "utf-8"
-    try:
-        return pd.read_csv(
-            path,
-            sep=sep,
-            header=header,
-            names=names,
-            quoting=quoting,
-            encoding=enc,
-            engine="c",
-            **kw,
-        )
-    except (ValueError, pd.errors.ParserError) as e:
-        raise MovieLensError(
-            f"{path}: cannot parse as {len(names)} columns "
-            f"({', '.join(names)}) separated by {sep!r}: {e}"
-        ) from None
-
-
-def _colon_table(path: Path, names: list[str], dtype: dict[str, str] | None = None) -> pd.DataFrame:
-    """Read a ``::``-separated file whose fields never contain ``:`` with the fast C parser.
-
-    Splitting on ``:`` puts an empty column between each pair of fields; those are dropped.
-    With ``dtype`` (field -> numpy dtype) numbers are parsed by the C parser; if that fails the
-    file is read as strings so that the caller's checks can name the bad row.
-    """
-    cols = list(range(0, 2 * len(names), 2))
-    types = {c: dtype.get(n, str) for c, n in zip(cols, names, strict=True)} if dtype else str
-    try:
-        df = pd.read_csv(
-            path,
-            sep=":",
-            header=None,
-            usecols=cols,
-            dtype=types,
-            engine="c",
-            quoting=csv.QUOTE_NONE,
-            encoding=_encoding(path),
-        )
-    except (ValueError, pd.errors.ParserError) as e:
-        if dtype:
-            return _colon_table(path, names)
-        raise MovieLensError(
-            f"{path}: expected {len(names)} fields separated by '::' ({'::'.join(names)}): {e}"
-        ) from None
-    df.columns = names
-    bad = df.isna().any(axis=1).to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise MovieLensError(
-            f"{path}: {int(bad.sum())} lines lack some of the "
-            f"{len(names)} fields {'::'.join(names)} (first: line {row + 1})"
-        )
-    return df
-
-
-def _split_lines(path: Path, fields: int) -> pd.DataFrame:
-    """Split ``::``-separated lines whose middle field may contain ``:`` (titles, tags)."""
-    text = path.read_bytes().decode(_encoding(path))
-    lines = pd.Series(text.splitlines(), dtype=object)
-    lines = lines[lines.str.strip() != ""].reset_index(drop=True)
-    head = lines.str.split("::", n=2, expand=True)
-    if head.shape[1] < 3 or head[2].isna().any():
-        row = (
-            int(np.flatnonzero(head.isna().any(axis=1).to_numpy())[0]) if head.shape[1] >= 3 else 0
-        )
-        raise MovieLensError(
-            f"{path}: expected {fields} fields separated by '::' (first bad line: {row + 1})"
-        )
-    if fields == 3:
-        return head
-    tail = head[2].str.rsplit("::", n=1, expand=True)
-    if tail.shape[1] < 2 or tail[1].isna().any():
-        raise MovieLensError(f"{path}: expected {fields} fields separated by '::'")
-    return pd.DataFrame({0: head[0], 1: head[1], 2: tail[0], 3: tail[1]})
-
-
-def _numbers(s: pd.Series, path: Path, what: str, integer: bool = False) -> pd.Series:
-    """Parse a column of numbers; errors name the file, the field, the count and the first row."""
-    v = pd.to_numeric(s.str.strip() if s.dtype == object else s, errors="coerce")
-    bad = v.isna().to_numpy()
-    if integer:
-        bad |= v.fillna(0).to_numpy() % 1 != 0
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        kind = "an integer" if integer else "a number"
-        raise MovieLensError(
-            f"{path}: {int(bad.sum())} rows do not have {kind} as {what} "
-            f"(first: row {row + 1}, {s.iloc[row]!r})"
-        )
-    return v.astype("int64" if integer else "float64")
-
-
-def _ints(s: pd.Series, path: Path, what: str) -> pd.Series:
-    return _numbers(s, path, what, integer=True)
 
 
 # --- field helpers ------------------------------------------------------------------------
@@ -495,7 +488,7 @@ def _events(ratings: pd.DataFrame, tags: pd.DataFrame | None) -> pa.Table:
     columns = {
         "user_id": _id_strings(ev["user"]),
         "item_id": _id_strings(ev["item"]),
-        "ts": pa.array(ev["ts"].to_numpy(dtype=np.int64) * 1000, TS_TYPE),
+        "ts": pc.multiply_checked(pa.array(ev["ts"].to_numpy(dtype=np.int64)), 1000).cast(TS_TYPE),
         "event": pc.take(pa.array(["rating", "tag"]), pa.array(ev["kind"].to_numpy())),
         "value": pa.array(value, pa.float64(), mask=np.isnan(value)),
     }

@@ -208,3 +208,34 @@ def test_target_events_scales_the_world_to_about_that_many_events(tmp_path) -> N
     summary = simulate_to_parquet(cfg, tmp_path / "raw", target_events=60_000)
     assert 0.75 * 60_000 < summary["events"] < 1.25 * 60_000
     assert pq.read_metadata(tmp_path / "raw" / "events.parquet").num_rows == summary["events"]
+
+
+def test_the_affinity_logit_has_one_definition_used_by_clicks_and_the_oracle(monkeypatch) -> None:
+    """World.affinity (the oracle's scores) and World.pair_affinity (the day loop's click
+    logits) both go through response.affinity_logit: changing it changes both."""
+    from recsys.sources import response
+
+    world = World.build(SMALL.model_copy(update={"taste_dim": 4}))
+    users, items = np.arange(5), world.live_items(0)[:6]
+    seen = []
+
+    def marked(*terms: np.ndarray) -> np.ndarray:
+        seen.append(len(terms))
+        return np.full(np.broadcast_shapes(*(t.shape for t in terms if t is not None)), 7.0)
+
+    monkeypatch.setattr(response, "affinity_logit", marked)
+    assert (world.affinity(users, items) == 7.0).all()
+    u, i = np.meshgrid(users, items, indexing="ij")
+    assert (world.pair_affinity(u, i) == 7.0).all()
+    assert seen == [5, 5]
+
+
+def test_the_simulator_module_keeps_its_public_names() -> None:
+    import recsys.sources.simulator as simulator
+
+    for name in (
+        "World", "simulate", "simulate_to_parquet", "scale_to_events", "run_simulate", "replay",
+        "ReplayResult", "Policy", "logging_policy", "oracle_policy", "random_policy",
+        "popularity_policy",
+    ):  # fmt: skip
+        assert hasattr(simulator, name), name
