@@ -5,7 +5,11 @@ Run::
     spark-submit --py-files dist/recsys.zip spark_jobs/batch_embed.py \\
         --bundle runs/movielens/bundles/20240101-000000 --table runs/movielens/raw/items.parquet \\
         --kind item --out runs/movielens/embeddings/item \\
-        [--redis redis://host:6379/0 --namespace recsys --ttl 86400]
+        [--redis redis://:password@host:6379/0 --namespace recsys --ttl 86400]
+
+The table is a raw ``items``/``users`` table (its columns become the model's ``s_*`` features
+by the feature rule, ``recsys.features.sparse_rule``) or rows that already carry the ``s_*``
+columns. A feature the model needs that the table cannot provide fails the job, naming it.
 
 Each executor Python process loads the bundle once (``recsys.bundle.load_bundle``, cached by
 path; Spark reuses Python workers) and embeds Arrow batches with ``Bundle.embed(kind, frame)``.
@@ -13,22 +17,30 @@ The bundle directory must be readable at the same path on every executor (a shar
 ship it with ``--files``/``--archives``).
 
 Output (written to a staging directory, then renamed into place): Parquet with ``id``
-(string), ``embedding`` (``array<float>``), ``model_version`` (string).
+(string), ``embedding`` (``array<float>``), ``model_version`` (string). Ids must be unique.
 
-Redis warming (optional), from the executors: pipelined ``SET key value EX ttl`` with versioned
-keys ``<namespace>:<model_version>:<kind>:<id>`` and the value the embedding as raw
-little-endian float32 bytes (``np.frombuffer(value, "<f4")`` reads it back). A new model
-version never overwrites the old one's keys; they expire by TTL (optionally jittered).
+Redis warming (optional), from the executors: pipelined ``SET key value EX ttl`` in the layout
+of ``recsys.embedding_keys`` (``<namespace>:<model_version>:<kind>:<id>`` -> little-endian
+float32 bytes). Before any Spark work the driver connects, authenticates and deletes the
+version's completion marker and stale keys (a bad URL or password is a one-line error). After
+the last key it writes the marker (count, dim, checksum) with a TTL no longer than any key's,
+so readers (``recsys.embedding_keys.read_vectors``) use a version only when it is complete. A
+failed run deletes the keys it wrote (what it cannot delete expires by TTL) and leaves no
+marker. A new model version never overwrites an old one's keys; those expire by TTL.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 if __package__ in (None, ""):  # run as a script (spark-submit): make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,18 +52,44 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from recsys.bundle import Bundle, load_bundle  # noqa: E402
 from recsys.config import SparkConfig  # noqa: E402
+from recsys.embedding_keys import (  # noqa: E402
+    CompletionMarker,
+    checksum_hex,
+    combine_checksums,
+    embedding_key,
+    encode_vector,
+    entry_checksum,
+    key_pattern,
+    marker_key,
+)
+from recsys.features.sparse_rule import check_feature_columns  # noqa: E402
 from spark_jobs.session import build_session  # noqa: E402
 from spark_jobs.storage import Storage  # noqa: E402
 
-__all__ = ["OUTPUT_SCHEMA", "cached_bundle", "embed_frames", "main", "redis_key", "run"]
+__all__ = [
+    "OUTPUT_SCHEMA",
+    "RedisWarmingError",
+    "cached_bundle",
+    "check_redis",
+    "embed_frames",
+    "main",
+    "run",
+]
 
 OUTPUT_SCHEMA = "id string, embedding array<float>, model_version string"
+CHECKSUM_SCHEMA = "keys long, checksum string"
+# Executors prefix Redis failures with this so the driver can quote them in one line.
+_WARM_FAILED = "redis warming failed:"
+_UNLINK_BATCH = 1000
 
 # Per Python process (driver or executor worker): bundle path -> loaded bundle, and Redis
 # clients by URL. Module-level so they outlive one task when Spark reuses the worker.
 _BUNDLES: dict[str, Bundle] = {}
 _REDIS: dict[str, Any] = {}
-LOADS: dict[str, int] = {}  # how many times each path was loaded in this process (for tests)
+
+
+class RedisWarmingError(RuntimeError):
+    """Redis cannot be warmed (unreachable, refused credentials, out of memory); one line."""
 
 
 def cached_bundle(path: str) -> Bundle:
@@ -59,21 +97,60 @@ def cached_bundle(path: str) -> Bundle:
     key = str(Path(path).resolve())
     if key not in _BUNDLES:
         _BUNDLES[key] = load_bundle(key)
-        LOADS[key] = LOADS.get(key, 0) + 1
     return _BUNDLES[key]
 
 
-def redis_key(namespace: str, model_version: str, kind: str, id_: str) -> str:
-    """The versioned cache key ``ns:model_version:kind:id`` shared with the serving cache."""
-    return f"{namespace}:{model_version}:{kind}:{id_}"
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _redis(url: str) -> Any:
     if url not in _REDIS:
         import redis  # imported on the executors only when warming is asked for
 
-        _REDIS[url] = redis.Redis.from_url(url)
+        _REDIS[url] = redis.Redis.from_url(url, socket_connect_timeout=10)
     return _REDIS[url]
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def check_redis(url: str, namespace: str, model_version: str, kind: str) -> int:
+    """Before any Spark work: connect, authenticate and mark ``model_version``'s ``kind``
+    incomplete (delete its marker and any keys of an earlier run). Returns the number of
+    stale keys deleted; raises ``RedisWarmingError`` with one line on any failure."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        client.ping()
+        client.delete(marker_key(namespace, model_version, kind))
+        return _delete_keys(client, namespace, model_version, kind)
+    except redis.RedisError as e:
+        raise RedisWarmingError(f"redis {redacted(url)}: {_one_line(e)}") from None
+    finally:
+        client.close()
+
+
+def _delete_keys(client: Any, namespace: str, model_version: str, kind: str) -> int:
+    """UNLINK every key of one version's ``kind`` (SCAN in batches); returns how many."""
+    deleted, batch = 0, []
+    for key in client.scan_iter(match=key_pattern(namespace, model_version, kind), count=1000):
+        batch.append(key)
+        if len(batch) >= _UNLINK_BATCH:
+            deleted += client.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted
 
 
 def embed_frames(
@@ -103,16 +180,51 @@ def embed_frames(
             )
         ids = frame[id_column].astype(str).to_numpy()
         if redis_url:
-            client = _redis(redis_url)
-            pipe = client.pipeline(transaction=False)
-            little = vectors.astype("<f4", copy=False)
-            for i, id_ in enumerate(ids):
-                ex = None
-                if ttl_s:
-                    ex = int(ttl_s * (1.0 + ttl_jitter * rng.random())) if ttl_jitter else ttl_s
-                pipe.set(redis_key(namespace, version, kind, id_), little[i].tobytes(), ex=ex)
-            pipe.execute()
+            _warm(redis_url, namespace, version, kind, ids, vectors, ttl_s, ttl_jitter, rng)
         yield pd.DataFrame({"id": ids, "embedding": list(vectors), "model_version": version})
+
+
+def _warm(
+    url: str,
+    namespace: str,
+    version: str,
+    kind: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    ttl_s: int | None,
+    ttl_jitter: float,
+    rng: np.random.Generator,
+) -> None:
+    """Pipelined ``SET`` of one batch; a Redis error becomes one tagged line."""
+    import redis
+
+    pipe = _redis(url).pipeline(transaction=False)
+    keys = [embedding_key(namespace, version, kind, id_) for id_ in ids]
+    for key, vector in zip(keys, vectors, strict=True):
+        ex = None
+        if ttl_s:
+            ex = int(ttl_s * (1.0 + ttl_jitter * rng.random())) if ttl_jitter else ttl_s
+        pipe.set(key, encode_vector(vector), ex=ex)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except redis.RedisError as e:  # connection lost: no replies at all
+        raise RuntimeError(f"{_WARM_FAILED} {_one_line(e)}") from None
+    for key, reply in zip(keys, replies, strict=True):
+        if isinstance(reply, Exception):  # the server's reply only, never the vector bytes
+            raise RuntimeError(f"{_WARM_FAILED} {_one_line(reply)} (SET {key})")
+
+
+def _partial_checksums(
+    frames: Iterator[pd.DataFrame], *, namespace: str, version: str, kind: str
+) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body over the written output: each partition's key count and checksum
+    (``recsys.embedding_keys.entry_checksum``) of what was SET."""
+    keys, total = 0, 0
+    for frame in frames:
+        names = [embedding_key(namespace, version, kind, i) for i in frame["id"]]
+        total += entry_checksum(names, [encode_vector(v) for v in frame["embedding"]])
+        keys += len(frame)
+    yield pd.DataFrame({"keys": [keys], "checksum": [checksum_hex(total)]})
 
 
 def _read_table(spark: SparkSession, table: str) -> DataFrame:
@@ -120,6 +232,102 @@ def _read_table(spark: SparkSession, table: str) -> DataFrame:
     if lower.endswith((".json", ".jsonl", ".ndjson")):
         return spark.read.json(table)
     return spark.read.parquet(table)
+
+
+def _source(df: DataFrame, table: object, kind: str, columns: list[str] | None) -> DataFrame:
+    """The input rows: ``columns`` (default: all but media) with a non-empty string id."""
+    id_column = f"{kind}_id"
+    if id_column not in df.columns:
+        raise ValueError(f"{table}: no column {id_column!r} (columns: {df.columns})")
+    if columns is None:
+        columns = [
+            f.name
+            for f in df.schema.fields
+            if f.name not in ("image", "audio") and f.dataType.typeName() != "binary"
+        ]
+    if id_column not in columns:
+        columns = [id_column, *columns]
+    src = df.select(*columns).withColumn(id_column, F.col(id_column).cast("string"))
+    return src.filter(F.col(id_column).isNotNull() & (F.col(id_column) != ""))
+
+
+def _check_features(bundle: Bundle, kind: str, columns: list[str], table: object) -> None:
+    """On the driver: every feature the model's ``kind`` side needs is in ``columns`` itself or
+    derivable from them by the feature rule; else a ``FeatureRuleError`` naming it."""
+    side_spec = getattr(bundle.model, "side_spec", None)
+    if side_spec is None:  # a model that embeds from ids only
+        return
+    try:
+        check_feature_columns(side_spec(kind).sparse, columns)
+    except ValueError as e:
+        where = table if isinstance(table, str | Path) else "input DataFrame"
+        raise type(e)(f"{where}: {e}") from None
+
+
+def _check_output(written: DataFrame, bundle_path: str) -> tuple[int, int]:
+    """``(rows, dim)`` of the written output; unique ids and one width, or a ``ValueError``."""
+    row = written.agg(
+        F.count("*").alias("n"),
+        F.countDistinct("id").alias("ids"),
+        F.min(F.size("embedding")).alias("dmin"),
+        F.max(F.size("embedding")).alias("dmax"),
+    ).first()
+    if row["n"] != row["ids"]:
+        dup = written.groupBy("id").count().filter(F.col("count") > 1).first()
+        raise ValueError(
+            f"{bundle_path}: {row['n'] - row['ids']} duplicate ids in the table "
+            f"(first: {dup['id']!r}, {dup['count']} rows); ids must be unique"
+        )
+    if row["n"] and row["dmin"] != row["dmax"]:
+        raise ValueError(
+            f"{bundle_path}: embeddings of different widths {row['dmin']}..{row['dmax']}"
+        )
+    return int(row["n"]), int(row["dmax"] or 0)
+
+
+def _warm_failure(error: BaseException) -> str | None:
+    """The executor's tagged Redis error line inside a Spark exception, if there is one."""
+    found = re.search(re.escape(_WARM_FAILED) + r" ([^\n]*)", str(error))
+    return found.group(1).strip() if found else None
+
+
+def _write_marker(
+    url: str,
+    namespace: str,
+    version: str,
+    kind: str,
+    marker: CompletionMarker,
+    ttl_s: int | None,
+    first_write: float,
+) -> None:
+    """SET the completion marker, expiring no later than the first key written."""
+    ex = None
+    if ttl_s:
+        ex = ttl_s - math.ceil(time.time() - first_write)
+        if ex < 1:
+            raise RedisWarmingError(
+                f"it took longer than the key TTL ({ttl_s}s); "
+                "the first keys have expired, so the version cannot be marked complete"
+            )
+    import redis
+
+    try:
+        _redis(url).set(marker_key(namespace, version, kind), marker.to_json(), ex=ex)
+    except redis.RedisError as e:
+        raise RedisWarmingError(f"completion marker not written: {_one_line(e)}") from None
+
+
+def _cleanup(url: str, namespace: str, version: str, kind: str, ttl_s: int | None) -> str:
+    """Delete what a failed run wrote; returns a phrase for the error message."""
+    import redis
+
+    try:
+        client = _redis(url)
+        client.delete(marker_key(namespace, version, kind))
+        return f"removed {_delete_keys(client, namespace, version, kind)} partial keys"
+    except redis.RedisError as e:
+        expiry = f"they expire within {ttl_s}s" if ttl_s else "they have no TTL"
+        return f"could not remove the partial keys ({_one_line(e)}); {expiry}"
 
 
 def run(
@@ -141,36 +349,28 @@ def run(
 
     ``table``: a Parquet/JSON-lines path or a DataFrame with a ``<kind>_id`` column;
     ``columns``: the input columns the bundle needs (default: all but binary/media columns).
-    Returns ``{"rows", "dim", "model_version", "output", "redis_keys"}``.
+    Returns ``{"rows", "dim", "model_version", "kind", "output", "redis_keys"}`` (and the
+    ``redis_marker`` written when warming). Raises ``RedisWarmingError`` (one line) when
+    Redis cannot be reached or filled; nothing of the version is left marked complete.
     """
     if kind not in ("item", "user"):
         raise ValueError(f"kind must be 'item' or 'user', got {kind!r}")
-    spark = spark or build_session(spark_cfg)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
     bundle_path = (
         str(Path(bundle_path).resolve()) if "://" not in str(bundle_path) else str(bundle_path)
     )
     bundle = cached_bundle(bundle_path)  # fail fast on the driver for a broken bundle
+    version = bundle.version
+    if redis_url:
+        check_redis(redis_url, namespace, version, kind)  # before any Spark work
+    spark = spark or build_session(spark_cfg)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
     df = table if isinstance(table, DataFrame) else _read_table(spark, str(table))
-    id_column = f"{kind}_id"
-    if id_column not in df.columns:
-        raise ValueError(f"{table}: no column {id_column!r} (columns: {df.columns})")
-    if columns is None:
-        columns = [
-            f.name
-            for f in df.schema.fields
-            if f.name not in ("image", "audio") and f.dataType.typeName() != "binary"
-        ]
-    if id_column not in columns:
-        columns = [id_column, *columns]
-    src = df.select(*columns).withColumn(id_column, F.col(id_column).cast("string"))
-    src = src.filter(F.col(id_column).isNotNull() & (F.col(id_column) != ""))
-
-    keys = spark.sparkContext.accumulator(0)
+    src = _source(df, table, kind, columns)
+    _check_features(bundle, kind, src.columns, table)
     args = dict(
         bundle_path=bundle_path,
         kind=kind,
-        id_column=id_column,
+        id_column=f"{kind}_id",
         redis_url=redis_url,
         namespace=namespace,
         ttl_s=ttl_s,
@@ -178,38 +378,64 @@ def run(
     )
 
     def body(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for out in embed_frames(frames, **args):
-            if redis_url:
-                keys.add(len(out))
-            yield out
+        yield from embed_frames(frames, **args)
 
     storage = Storage(spark)
     out = str(out_dir).rstrip("/")
     parent = out.rsplit("/", 1)[0] if "/" in out else "."
     staging = storage.staging_dir(parent, "embed")
+    marker = None
+    first_write = time.time()
     try:
         src.mapInPandas(body, OUTPUT_SCHEMA).write.mode("overwrite").parquet(f"{staging}/data")
         written = spark.read.parquet(f"{staging}/data")
-        row = written.agg(
-            F.count("*").alias("n"),
-            F.min(F.size("embedding")).alias("dmin"),
-            F.max(F.size("embedding")).alias("dmax"),
-        ).first()
-        if row["n"] and row["dmin"] != row["dmax"]:
-            raise ValueError(
-                f"{bundle_path}: embeddings of different widths {row['dmin']}..{row['dmax']}"
-            )
+        rows, dim = _check_output(written, bundle_path)
+        if redis_url:
+            marker = _marker(written, namespace, version, kind, dim)
         storage.replace_dir(f"{staging}/data", out)
+        if redis_url and marker is not None:
+            _write_marker(redis_url, namespace, version, kind, marker, ttl_s, first_write)
+    except Exception as e:
+        if not redis_url:
+            raise
+        cleaned = _cleanup(redis_url, namespace, version, kind, ttl_s)
+        cause = _warm_failure(e)
+        if cause is None and not isinstance(e, RedisWarmingError):
+            e.add_note(f"redis {redacted(redis_url)}: no completion marker; {cleaned}")
+            raise
+        where = f"redis {redacted(redis_url)}: warming {namespace}:{version}:{kind}"
+        raise RedisWarmingError(f"{where} failed: {cause or e}; {cleaned}") from None
     finally:
         storage.delete(staging)
-    return {
-        "rows": int(row["n"]),
-        "dim": int(row["dmax"] or 0),
-        "model_version": bundle.version,
+    summary: dict[str, Any] = {
+        "rows": rows,
+        "dim": dim,
+        "model_version": version,
         "kind": kind,
         "output": out,
-        "redis_keys": int(keys.value),
+        "redis_keys": marker.count if marker else 0,
     }
+    if marker is not None:
+        summary["redis_marker"] = marker_key(namespace, version, kind)
+    return summary
+
+
+def _marker(
+    written: DataFrame, namespace: str, version: str, kind: str, dim: int
+) -> CompletionMarker:
+    """Count and checksum of the keys SET, from the written output (one small row per
+    partition reaches the driver)."""
+
+    def body(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        yield from _partial_checksums(frames, namespace=namespace, version=version, kind=kind)
+
+    parts = written.select("id", "embedding").mapInPandas(body, CHECKSUM_SCHEMA).collect()
+    return CompletionMarker(
+        count=sum(int(p["keys"]) for p in parts),
+        dim=dim,
+        checksum=checksum_hex(combine_checksums(int(p["checksum"], 16) for p in parts)),
+        written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", required=True, help="items or users table (Parquet / JSON lines)")
     p.add_argument("--kind", required=True, choices=["item", "user"])
     p.add_argument("--out", required=True, help="output Parquet directory")
-    p.add_argument("--redis", help="redis:// URL to warm (optional)")
+    p.add_argument("--redis", help="redis:// URL to warm (optional; may carry a password)")
     p.add_argument("--namespace", default="recsys")
     p.add_argument("--ttl", type=int, default=7 * 86_400, help="seconds; 0 = no expiry")
     p.add_argument("--ttl-jitter", type=float, default=0.1)
@@ -230,17 +456,21 @@ def main(argv: list[str] | None = None) -> int:
         from recsys.config import load_config
 
         spark_cfg = load_config(args.config).spark
-    result = run(
-        args.bundle,
-        args.table,
-        args.kind,
-        args.out,
-        spark_cfg=spark_cfg,
-        redis_url=args.redis,
-        namespace=args.namespace,
-        ttl_s=args.ttl or None,
-        ttl_jitter=args.ttl_jitter,
-    )
+    try:
+        result = run(
+            args.bundle,
+            args.table,
+            args.kind,
+            args.out,
+            spark_cfg=spark_cfg,
+            redis_url=args.redis,
+            namespace=args.namespace,
+            ttl_s=args.ttl or None,
+            ttl_jitter=args.ttl_jitter,
+        )
+    except (RedisWarmingError, ValueError, FileNotFoundError) as e:
+        print(f"batch_embed: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

@@ -19,6 +19,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsys.config import EmbeddingConfig, ModelConfig
 from recsys.embeddings import FeatureEmbedding, build_embedding, embedding_from_dict
 from recsys.features.batcher import table_to_batch
+from recsys.features.sparse_rule import sparse_feature_columns
 from recsys.features.spec import FeatureSpec
 from recsys.models.ranker import in_feature_order
 
@@ -255,22 +256,17 @@ class TwoTower(nn.Module):
             cardinality=self.spec.cardinality,
         )
 
-    def embed(self, kind: str, frame: pd.DataFrame) -> np.ndarray:
-        """Embed raw rows: ``frame`` has the ``s_*`` list columns of ``kind``'s side.
+    def embed(self, kind: str, frame: pd.DataFrame | pa.Table) -> np.ndarray:
+        """Embed rows of a raw ``items``/``users`` table (or examples rows) with ``kind``'s tower.
 
-        Missing columns count as empty lists. Returns float32 ``(len(frame), tower_dim)``.
+        Each feature of the side is taken from its ``s_*`` column when ``frame`` has it, else
+        built from the raw columns by the feature rule (``recsys.features.sparse_rule``); a
+        feature in neither form raises ``FeatureRuleError`` naming it.
+        Returns float32 ``(len(frame), tower_dim)`` unit vectors.
         """
         spec = self.side_spec(kind)
-        n = len(frame)
-        columns = {}
-        for col in spec.sparse:
-            if col in frame.columns:
-                columns[col] = pa.array(
-                    [list(v) if v is not None else [] for v in frame[col]], pa.list_(pa.string())
-                )
-            else:
-                columns[col] = pa.array([[] for _ in range(n)], pa.list_(pa.string()))
-        columns["label"] = pa.array(np.zeros(n, dtype=np.int8))
+        columns = sparse_feature_columns(frame, spec.sparse)
+        columns["label"] = pa.array(np.zeros(len(frame), dtype=np.int8))
         batch = table_to_batch(pa.table(columns), spec)
         tower = self.user_tower if kind == "user" else self.item_tower
         with torch.no_grad():

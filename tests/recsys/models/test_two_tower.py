@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from recsys.bundle import Embedder
 from recsys.config import EmbeddingConfig, ModelConfig
 from recsys.features.batcher import ExampleBatcher
+from recsys.features.sparse_rule import FeatureRuleError
 from recsys.features.spec import FeatureSpec
 from recsys.models.two_tower import ItemFrequency, TwoTower, TwoTowerOutput
 
@@ -68,9 +70,16 @@ def test_embed_returns_unit_vectors_of_tower_dim_for_raw_rows(examples_dir: Path
     assert isinstance(model, Embedder)
     frame = pq.read_table(examples_dir / "split=valid").to_pandas().head(10)
     items = model.embed("item", frame[["s_item", "s_item_creator", "s_item_concepts"]])
-    users = model.embed("user", frame[["s_user"]])  # other user columns missing: empty lists
+    users = model.embed("user", frame[["s_user", "s_user_country", "s_user_concepts", "s_history"]])
     for vecs in (items, users):
         assert vecs.shape == (10, 12) and vecs.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
-    empty = model.embed("item", pd.DataFrame({"s_item": [[], None]}))
+    empty = model.embed(
+        "item",
+        pd.DataFrame(
+            {"s_item": [[], None], "s_item_creator": [[], None], "s_item_concepts": [None, []]}
+        ),
+    )
     assert empty.shape == (2, 12)
+    with pytest.raises(FeatureRuleError, match="s_user_country"):
+        model.embed("user", frame[["s_user"]])
