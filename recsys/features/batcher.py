@@ -7,8 +7,9 @@ through a bounded queue filled by a background thread so the training step is no
 Order is a pure function of ``(seed, epoch)``: row groups are permuted, then rows are shuffled
 within a buffer of ``shuffle_row_groups`` consecutive row groups. The stream is cut into global
 batches of ``batch_size`` rows; global batch ``g`` belongs to rank ``g % world_size``. Because
-row counts come from Parquet metadata, resuming (``skip_batches(n)``) and sharding skip the
-reading of buffers that hold none of this rank's rows. With ``drop_last=True`` every rank gets
+row counts come from Parquet metadata, resuming (``skip_examples(n)``: the epoch's stream starts
+at its row ``n``, whatever batch size or world size read the first ``n`` rows) and sharding skip
+the reading of buffers that hold none of this rank's rows. With ``drop_last=True`` every rank gets
 the same number of full batches (what synchronous data-parallel training needs); with
 ``drop_last=False`` every row is served exactly once and ranks may differ by one batch.
 
@@ -259,7 +260,7 @@ class ExampleBatcher:
         spec = FeatureSpec.from_manifest(json.load(open(d / "manifest.json")))
         batcher = ExampleBatcher(d, "train", spec, 1024, shuffle=True, seed=0)
         batcher.set_epoch(3)
-        batcher.skip_batches(120)         # resume: this rank's batch 120 of epoch 3 comes next
+        batcher.skip_examples(122_880)    # resume: row 122,880 of epoch 3's order comes next
         for batch in batcher:             # Batch(sparse=KJT, dense=(B, D), labels=(B,), ...)
             ...
     """
@@ -292,7 +293,7 @@ class ExampleBatcher:
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.shuffle_row_groups = max(1, shuffle_row_groups)
         self.epoch = 0
-        self._skip = 0
+        self._skip_rows = 0  # global rows of the epoch's order to skip (resume)
         self._row_groups: list[_RowGroup] = []
         schema_names: set[str] | None = None
         for i, f in enumerate(self.files):
@@ -313,18 +314,26 @@ class ExampleBatcher:
     # -- order -----------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (shuffle order); also clears any pending ``skip_batches``."""
+        """Select the epoch (shuffle order); also clears any pending skip."""
         self.epoch = epoch
-        self._skip = 0
+        self._skip_rows = 0
+
+    def skip_examples(self, n: int) -> None:
+        """Make the next iteration start at row ``n`` of the current epoch's order (counted
+        over all ranks): global batch 0 is then rows ``[n, n + batch_size)``."""
+        if n < 0:
+            raise BatcherError(f"skip_examples: n must be >= 0, got {n}")
+        self._skip_rows = n
 
     def skip_batches(self, n: int) -> None:
-        """Make the next iteration start at this rank's batch ``n`` of the current epoch."""
+        """Make the next iteration start at this rank's batch ``n`` of the current epoch
+        (``skip_examples`` of the ``n * world_size`` global batches before it)."""
         if n < 0:
             raise BatcherError(f"skip_batches: n must be >= 0, got {n}")
-        self._skip = n
+        self._skip_rows = n * self.world_size * self.batch_size
 
-    def _num_global_batches(self) -> int:
-        full, rest = divmod(self.num_rows, self.batch_size)
+    def _num_global_batches(self, skip_rows: int = 0) -> int:
+        full, rest = divmod(max(self.num_rows - skip_rows, 0), self.batch_size)
         if self.drop_last:
             return full - full % self.world_size
         return full + (rest > 0)
@@ -362,10 +371,10 @@ class ExampleBatcher:
             table = table.take(pa.array(rng.permutation(table.num_rows)))
         return table
 
-    def _tables(self, epoch: int, skip: int) -> Iterator[pa.Table]:
+    def _tables(self, epoch: int, skip_rows: int) -> Iterator[pa.Table]:
         """This rank's batches as Arrow tables, reading only buffers that hold its rows."""
-        n_global, bs, ws = self._num_global_batches(), self.batch_size, self.world_size
-        wanted = range(skip * ws + self.rank, n_global, ws)
+        n_global, bs, ws = self._num_global_batches(skip_rows), self.batch_size, self.world_size
+        wanted = range(self.rank, n_global, ws)
         if not wanted:
             return
         pos = 0  # index into wanted
@@ -374,13 +383,13 @@ class ExampleBatcher:
         start = 0  # global row of the current buffer
         for bi, buf in enumerate(self._buffers(epoch)):
             stop = start + sum(g.num_rows for g in buf)
-            g0 = wanted[pos] * bs
+            g0 = skip_rows + wanted[pos] * bs
             if g0 >= stop:
                 start = stop
                 continue
             table = self._read(buf, epoch, bi, files)
             while pos < len(wanted):
-                lo = wanted[pos] * bs
+                lo = skip_rows + wanted[pos] * bs
                 hi = min(lo + bs, self.num_rows)
                 if lo >= stop:
                     break
@@ -395,7 +404,7 @@ class ExampleBatcher:
                 return
             start = stop
 
-    def _batches(self, epoch: int, skip: int) -> Iterator[Batch]:
+    def _batches(self, epoch: int, skip_rows: int) -> Iterator[Batch]:
         """Featurise ``FEATURISE_BATCHES`` batches' rows at a time, then cut them apart."""
         chunk: list[pa.Table] = []
 
@@ -407,7 +416,7 @@ class ExampleBatcher:
                 start += t.num_rows
             chunk.clear()
 
-        for t in self._tables(epoch, skip):
+        for t in self._tables(epoch, skip_rows):
             chunk.append(t)
             if len(chunk) == FEATURISE_BATCHES:
                 yield from flush()
@@ -415,9 +424,9 @@ class ExampleBatcher:
             yield from flush()
 
     def __iter__(self) -> Iterator[Batch]:
-        """This rank's batches of the current epoch; a pending ``skip_batches`` is consumed."""
-        skip, self._skip = self._skip, 0
-        gen = self._batches(self.epoch, skip)
+        """This rank's batches of the current epoch; a pending skip is consumed."""
+        skip_rows, self._skip_rows = self._skip_rows, 0
+        gen = self._batches(self.epoch, skip_rows)
         if self.prefetch <= 0:
             return gen
         return _prefetched(gen, self.prefetch)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -244,19 +243,19 @@ def lockstep_all(batches: Iterator[Batch], env: DistEnv) -> Iterator[tuple[Batch
         yield last, real
 
 
-def all_mean(value: float, env: DistEnv) -> float:
-    """The mean of ``value`` over ranks."""
+def all_sum(values: list[float], env: DistEnv) -> list[float]:
+    """Each of ``values`` summed over ranks, in one float64 ``all_reduce``."""
     if env.world_size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=env.device)
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
     dist.all_reduce(t)
-    return float(t.item()) / env.world_size
+    return [float(x) for x in t.tolist()]
 
 
-def gather_arrays(arrays: dict[str, np.ndarray], env: DistEnv) -> dict[str, np.ndarray]:
-    """Concatenate each named array over ranks (in rank order) on every rank."""
+def broadcast_from_main(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank (a small picklable value: a flag or a message)."""
     if env.world_size == 1:
-        return arrays
-    out: list[Any] = [None] * env.world_size
-    dist.all_gather_object(out, arrays)
-    return {k: np.concatenate([o[k] for o in out]) for k in arrays}
+        return obj
+    box = [obj if env.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -6,7 +6,12 @@ from pathlib import Path
 
 from recsys.bundle import _factory, export_bundle
 from recsys.config import PipelineConfig
-from recsys.training.checkpoint import BEST, CheckpointError, read_checkpoint
+from recsys.training.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    load_model_weights,
+    read_state,
+)
 
 
 def export(
@@ -16,39 +21,35 @@ def export(
     *,
     version: str | None = None,
 ) -> Path:
-    """Write ``bundle_root/<version>`` from ``checkpoint`` (a ``best.pt``/``checkpoint.pt``
-    file, or a run directory, whose ``best.pt`` is used) and return its path.
+    """Write ``bundle_root/<version>`` from ``checkpoint`` (a checkpoint directory such as
+    ``best``, or a run directory, whose ``best`` is used) and return its path.
 
-    The bundle's ``bundle.json`` records the model kind and its JSON constructor arguments
+    The sharded checkpoint is read whole in this process into the unsharded model. The
+    bundle's ``bundle.json`` records the model kind and its JSON constructor arguments
     (embedding config, feature spec with salt and sizes, model config), the feature spec,
-    the run's validation metrics and ``cfg``; ``weights.pt`` is the unsharded ``state_dict``.
+    the run's validation metrics and ``cfg``; ``weights.pt`` is the full ``state_dict``.
     """
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / BEST
-    state = read_checkpoint(path)
-    if "model" not in state or "progress" not in state:
-        raise CheckpointError(f"{path}: not rank 0's checkpoint file (no model weights)")
-    progress = state["progress"]
-    kind, kwargs = progress["kind"], progress["kwargs"]
-    if kind != cfg.model.kind:
+    path = checkpoint_path(checkpoint)
+    state, _ = read_state(path)
+    if state.kind != cfg.model.kind:
         raise CheckpointError(
-            f"{path}: holds a {kind!r} model but model.kind is {cfg.model.kind!r}"
+            f"{path}: holds a {state.kind!r} model but model.kind is {cfg.model.kind!r}"
         )
-    model = _factory(kind)(**kwargs)
-    model.load_state_dict(state["model"])
+    kwargs = state.model_kwargs
+    model = _factory(state.kind)(**kwargs)
+    model.load_state_dict(load_model_weights(path))
     model.eval()
     metrics = {
-        "best_epoch": progress["best_epoch"],
-        "metric_name": progress["metric_name"],
-        "best_metric": progress["best_metric"],
-        "epochs": progress["metrics"],
-        "steps": progress["step"],
+        "best_epoch": state.best_epoch,
+        "metric_name": state.metric_name,
+        "best_metric": state.best_metric,
+        "epochs": state.metrics,
+        "steps": state.step,
     }
     return export_bundle(
         bundle_root,
         model,
-        kind,
+        state.kind,
         kwargs,
         version=version,
         features={

@@ -67,5 +67,8 @@ def test_train_on_a_manifest_with_an_impossible_cardinality_exits_2_naming_the_f
     config = _config(tmp_path, "{epochs: 1, progress: false}")
     done = _recsys("train", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
-    assert f"features.stats.s_item.distinct is {distinct!r}" in done.stderr
-    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+    assert f"{examples}/manifest.json: features.stats.s_item.distinct is {distinct!r}" in (
+        done.stderr
+    )
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert not (checkpoints / "best").exists() and not (checkpoints / "checkpoint").exists()

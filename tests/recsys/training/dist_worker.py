@@ -6,6 +6,9 @@
 2. ``train()`` runs the ranker and the two-tower model exactly as a single process would,
    and a column-wise ranker run once straight through and once interrupted at step 7 and
    resumed; rank 0 writes the loss curves and metrics to ``result.json``.
+3. Sharded checkpoints across world sizes: a table-wise run stops at step 7 in ``ws2to1``
+   (the test resumes it in one process), and the single-process run the test stopped at
+   step 7 in ``ws1to2`` is resumed here on 2 ranks.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from recsys.config import parse_config
 from recsys.features.batcher import table_to_batch
 from recsys.training import train
 from recsys.training.distributed import init_distributed, shard
-from recsys.training.trainer import build_model, read_spec, seed_everything
+from recsys.training.model_factory import build_model, read_spec, seed_everything
 
 
 def config(kind: str = "ranker", dim: int = 8, **train_kw: object):
@@ -70,6 +73,9 @@ def main(examples_dir: Path, out_dir: Path) -> None:
     results["cw_resumed"] = {"losses": r.losses, "metrics": r.metrics}
     r = train(config(sharding="column_wise"), examples_dir, out_dir / "cw", resume=False)
     results["cw"] = {"losses": r.losses, "metrics": r.metrics}
+    train(config(max_steps=7), examples_dir, out_dir / "ws2to1")
+    r = train(config(), examples_dir, out_dir / "ws1to2")
+    results["ws1to2"] = {"losses": r.losses, "metrics": r.metrics}
     if env.is_main:
         (out_dir / "result.json").write_text(json.dumps(results))
     env.close()
