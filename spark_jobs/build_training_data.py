@@ -7,18 +7,23 @@ Run::
 
 Input: a directory holding ``events``, ``items`` and (optionally) ``users``, each as Parquet
 (``events.parquet`` file or directory, or ``events/`` of ``*.parquet``) or JSON lines
-(``events.jsonl`` / ``events.json`` / ``events/`` of ``*.json[l]``). Timestamps may be
-timestamps, ISO strings or epoch numbers (seconds, or milliseconds above 1e11); ids may be
+(``events.jsonl`` / ``events.json`` / ``events/`` of ``*.json[l]``; events in JSON are read
+with a fixed schema, ``EVENTS_JSON_SCHEMA``). Timestamps may be timestamps, ISO strings, epoch
+numbers or numeric strings (seconds, or milliseconds from 1e11), mixed row by row; ids may be
 numbers (read as strings).
 
-Output under ``--out`` (published only when the whole run succeeded; a failed run leaves any
+Output under ``--out`` (published only when the whole run succeeded, as one release behind an
+atomically switched pointer, ``spark_jobs.publication``; a failed or killed run leaves the
 previous output untouched; a re-run replaces it with identical content):
 
 - ``examples/split=train|valid|test/part-*.parquet`` and ``examples/manifest.json``;
 - ``quarantine/<table>/``: rejected rows with their original columns and a ``reason``:
-  ``missing_id``, ``bad_ts`` (null or unparseable), ``unknown_event``, ``out_of_range``
-  (``value`` outside ``prepare.min_value..max_value``, or NaN), ``unknown_item_id`` (not in
-  items), ``duplicate_id`` (items/users).
+  ``malformed_json`` (the line, in ``_corrupt_record``), ``missing_id``, ``bad_ts`` (null or
+  unparseable), ``ts_out_of_window`` (outside ``[prepare.min_ts, prepare.max_ts)``, default
+  1970-01-01..2100-01-01: negative, far-future or int64-overflowing times), ``unknown_event``,
+  ``bad_value`` (not a number), ``out_of_range`` (``value`` outside
+  ``prepare.min_value..max_value``, or NaN), ``unknown_item_id`` (not in items),
+  ``duplicate_id`` (items/users). Every reason is counted in ``manifest.counts.quarantined``.
 
 Steps, all as Spark plans (nothing but small aggregates reaches the driver):
 
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,9 +71,18 @@ from pyspark.sql import types as T  # noqa: E402
 
 from recsys.config import PipelineConfig, PrepareConfig, load_config  # noqa: E402
 from recsys.contract import EVENT_KINDS  # noqa: E402
-from spark_jobs.quality import REASON, DataQualityError, QualityReport, first_reason  # noqa: E402
+from recsys.features.sparse_rule import (  # noqa: E402
+    CONCEPT_SEPARATOR,
+    ColumnKind,
+    Derivation,
+    SparseFeature,
+    context_features,
+    entity_features,
+)
+from spark_jobs.job_run import JobRun  # noqa: E402
+from spark_jobs.quality import REASON, DataQualityError, first_reason  # noqa: E402
 from spark_jobs.session import build_session  # noqa: E402
-from spark_jobs.stats import arrow_schema, dense_stats, sparse_stats  # noqa: E402
+from spark_jobs.stats import arrow_schema  # noqa: E402
 from spark_jobs.storage import Storage  # noqa: E402
 
 __all__ = [
@@ -111,10 +126,38 @@ def _data_format(storage: Storage, path: str) -> str:
     raise ValueError(f"{path}: cannot tell the format (expected .parquet or .json/.jsonl)")
 
 
+# Events in JSON lines are read with this schema, never an inferred one: one row's string ``ts``
+# among numbers must not turn the whole column into strings (or the reverse), and a value that
+# does not parse must be seen (and counted) rather than read as null. Every field is read as
+# its text and parsed per row; a line that is not JSON keeps its text in ``_corrupt_record``.
+# Other (context) fields of JSON events are not read.
+CORRUPT_RECORD = "_corrupt_record"
+EVENTS_JSON_SCHEMA = (
+    "user_id string, item_id string, ts string, event string, value string, "
+    f"{CORRUPT_RECORD} string"
+)
+# Event times outside [min_ts, max_ts) are quarantined as ``ts_out_of_window``: negative times,
+# far-future years and numbers that would overflow int64 milliseconds are bad data, not events.
+# ``prepare.min_ts``/``prepare.max_ts`` (ISO dates, UTC) override these defaults.
+DEFAULT_MIN_TS = "1970-01-01"
+DEFAULT_MAX_TS = "2100-01-01"
+# Epoch numbers below this magnitude are seconds, at or above it milliseconds (1e11 s is 5138 AD).
+_SECONDS_BELOW = 1e11
+# Columns the tagging adds; quarantined rows keep only the input's own columns (+ reason).
+_INTERNAL_COLUMNS = ("_uid", "_iid", "_ts_ms", "_ts", "_event", "_value", "_id")
+
+
 def read_raw_table(
-    spark: SparkSession, raw_dir: str | Path, name: str, required: bool = True
+    spark: SparkSession,
+    raw_dir: str | Path,
+    name: str,
+    required: bool = True,
+    schema: str | None = None,
 ) -> DataFrame | None:
-    """Read raw table ``name`` from ``raw_dir`` (Parquet or JSON lines, file or directory)."""
+    """Read raw table ``name`` from ``raw_dir`` (Parquet or JSON lines, file or directory).
+
+    ``schema`` (a DDL string) applies to JSON input only: Parquet carries its own types.
+    """
     storage = Storage(spark)
     base = str(raw_dir).rstrip("/")
     for cand in (
@@ -129,6 +172,10 @@ def read_raw_table(
             reader = spark.read.format(fmt)
             if fmt == "json":
                 reader = reader.option("mode", "PERMISSIVE")
+                if schema is not None:
+                    reader = reader.schema(schema)
+                    if CORRUPT_RECORD in schema:
+                        reader = reader.option("columnNameOfCorruptRecord", CORRUPT_RECORD)
             return reader.load(cand)
     if required:
         raise FileNotFoundError(
@@ -137,22 +184,66 @@ def read_raw_table(
     return None
 
 
-def _ts_column(df: DataFrame, name: str) -> F.Column:
-    """Parse column ``name`` to a UTC timestamp; anything unparseable becomes null."""
+def _epoch_ms(number: F.Column) -> F.Column:
+    """Epoch seconds (magnitude below 1e11) or milliseconds -> milliseconds as a double (no
+    integer cast, so nothing can wrap); NaN -> null."""
+    return F.when(F.isnan(number), None).otherwise(
+        F.when(F.abs(number) < _SECONDS_BELOW, number * 1000.0).otherwise(number)
+    )
+
+
+def _ts_ms_column(df: DataFrame, name: str) -> F.Column:
+    """Column ``name`` as UTC epoch milliseconds (double), whatever form each row has:
+    timestamp, date, epoch number, numeric string or ISO string. Null when it does not parse;
+    not bounded (see ``_ts_column``)."""
     if name not in df.columns:
-        return F.lit(None).cast("timestamp")
+        return F.lit(None).cast("double")
     dtype = df.schema[name].dataType
     c = F.col(name)
     if isinstance(dtype, T.TimestampType | T.TimestampNTZType | T.DateType):
-        return c.cast("timestamp")
+        return F.unix_millis(c.cast("timestamp")).cast("double")
     if isinstance(dtype, T.NumericType):
-        ms = F.when(F.abs(c) < 1e11, c * 1000).otherwise(c)
-        return F.when(c.isNull() | F.isnan(c.cast("double")), None).otherwise(
-            F.timestamp_millis(ms.cast("long"))
-        )
+        return _epoch_ms(c.cast("double"))
     if isinstance(dtype, T.StringType):
-        return F.try_to_timestamp(F.trim(c))
-    return F.lit(None).cast("timestamp")
+        text = F.trim(c)
+        number = text.try_cast("double")
+        iso = F.unix_millis(F.try_to_timestamp(text)).cast("double")
+        return F.when(number.isNotNull(), _epoch_ms(number)).otherwise(iso)
+    return F.lit(None).cast("double")
+
+
+def ts_window_ms(prepare: PrepareConfig) -> tuple[int, int]:
+    """``[min_ts, max_ts)`` of plausible event times in epoch ms (``prepare.min_ts``/``max_ts``
+    when the config has them, else ``DEFAULT_MIN_TS``/``DEFAULT_MAX_TS``)."""
+    bounds = []
+    for key, default in (("min_ts", DEFAULT_MIN_TS), ("max_ts", DEFAULT_MAX_TS)):
+        value = getattr(prepare, key, None) or default
+        try:
+            dt = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise ValueError(f"prepare.{key}: {value!r} is not an ISO date/time") from None
+        bounds.append(int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000))
+    if bounds[0] >= bounds[1]:
+        raise ValueError(f"prepare.min_ts must be before prepare.max_ts, got {bounds}")
+    return bounds[0], bounds[1]
+
+
+def _in_window(ms: F.Column, window_ms: tuple[int, int]) -> F.Column:
+    return (ms >= float(window_ms[0])) & (ms < float(window_ms[1]))
+
+
+def _ts_column(df: DataFrame, name: str, window_ms: tuple[int, int] | None = None) -> F.Column:
+    """Parse column ``name`` to a UTC timestamp; unparseable values and times outside
+    ``window_ms`` (default: ``DEFAULT_MIN_TS``..``DEFAULT_MAX_TS``) become null."""
+    window_ms = window_ms or _DEFAULT_WINDOW_MS
+    ms = _ts_ms_column(df, name)
+    return F.when(_in_window(ms, window_ms), F.timestamp_millis(ms.cast("long")))
+
+
+_DEFAULT_WINDOW_MS = (
+    int(datetime.fromisoformat(DEFAULT_MIN_TS).replace(tzinfo=UTC).timestamp() * 1000),
+    int(datetime.fromisoformat(DEFAULT_MAX_TS).replace(tzinfo=UTC).timestamp() * 1000),
+)
 
 
 def _id_column(df: DataFrame, name: str) -> F.Column:
@@ -165,44 +256,74 @@ def _missing(c: F.Column) -> F.Column:
     return c.isNull() | (c == "")
 
 
-def _concepts_column(df: DataFrame) -> F.Column:
-    if "concepts" not in df.columns:
+def _column_kinds(df: DataFrame) -> dict[str, ColumnKind]:
+    """The feature rule's view of a Spark schema: string, list or other, per column."""
+    kinds = {}
+    for f in df.schema.fields:
+        if isinstance(f.dataType, T.StringType):
+            kinds[f.name] = ColumnKind.STRING
+        elif isinstance(f.dataType, T.ArrayType):
+            kinds[f.name] = ColumnKind.LIST
+        else:
+            kinds[f.name] = ColumnKind.OTHER
+    return kinds
+
+
+def _feature_column(df: DataFrame, feature: SparseFeature) -> F.Column:
+    """Spark expression of ``feature`` over ``df``; the same values as the library's
+    ``recsys.features.sparse_rule.derive_values`` gives row by row."""
+    if feature.column not in df.columns:
         return _empty()
-    dtype = df.schema["concepts"].dataType
-    if isinstance(dtype, T.ArrayType):
-        return F.coalesce(F.col("concepts").cast("array<string>"), _empty())
-    if isinstance(dtype, T.StringType):  # "a|b|c" as in MovieLens genres
-        return F.coalesce(F.filter(F.split("concepts", r"\|"), lambda v: v != ""), _empty())
-    return _empty()
-
-
-def _categorical_columns(df: DataFrame, id_col: str, prepare: PrepareConfig) -> list[str]:
-    skip = {id_col, "concepts", *prepare.text_columns}
-    return [
-        f.name
-        for f in df.schema.fields
-        if isinstance(f.dataType, T.StringType)
-        and f.name not in skip
-        and not f.name.startswith("_")
-    ]
+    c = F.col(feature.column)
+    dtype = df.schema[feature.column].dataType
+    how = feature.derivation
+    if how is Derivation.ID:
+        text = F.trim(c.cast("string"))
+        return F.when(c.isNull() | (text == ""), _empty()).otherwise(F.array(text))
+    if how is Derivation.VALUE:
+        return F.when(c.isNull(), _empty()).otherwise(F.array(c.cast("string")))
+    if how is Derivation.CONCEPTS:
+        if isinstance(dtype, T.ArrayType):
+            values = c.cast("array<string>")
+            return F.coalesce(F.filter(values, lambda v: v.isNotNull() & (v != "")), _empty())
+        if isinstance(dtype, T.StringType):
+            parts = F.split(c, re.escape(CONCEPT_SEPARATOR))
+            return F.coalesce(F.filter(parts, lambda v: v != ""), _empty())
+        return _empty()
+    if how is Derivation.LIST:
+        return F.coalesce(F.filter(c.cast("array<string>"), lambda v: v.isNotNull()), _empty())
+    part = F.hour(c).cast("string") if how is Derivation.HOUR else F.date_format(c, "EEE")
+    return F.when(c.isNull(), _empty()).otherwise(F.array(part))
 
 
 # ----------------------------------------------------------------------------- validation
 
 
 def _tag_events(events: DataFrame, item_ids: DataFrame, prepare: PrepareConfig) -> DataFrame:
-    value = (F.col("value").try_cast("double") if "value" in events.columns else F.lit(None)).cast(
-        "double"
-    )
+    """Events with ``_uid, _iid, _ts_ms, _ts, _event, _value`` parsed and a ``reason``:
+    ``malformed_json``, ``missing_id``, ``bad_ts`` (null or unparseable), ``ts_out_of_window``
+    (outside ``ts_window_ms``: negative, far future, overflowing), ``unknown_event``,
+    ``bad_value`` (a value that is not a number), ``out_of_range``, ``unknown_item_id``."""
+    has_value = "value" in events.columns
+    raw_value = F.col("value") if has_value else F.lit(None)
+    value_text = F.trim(raw_value.cast("string"))
     ev = events.select(
         "*",
         _id_column(events, "user_id").alias("_uid"),
         _id_column(events, "item_id").alias("_iid"),
-        _ts_column(events, "ts").alias("_ts"),
+        _ts_ms_column(events, "ts").alias("_ts_ms"),
         (F.col("event").cast("string") if "event" in events.columns else F.lit(None))
         .cast("string")
         .alias("_event"),
-        value.alias("_value"),
+        F.when(value_text == "", None).otherwise(raw_value.try_cast("double")).alias("_value"),
+        (value_text.isNotNull() & (value_text != "")).alias("_has_value"),
+    )
+    window = ts_window_ms(prepare)
+    ev = ev.withColumn(
+        "_ts",
+        F.when(
+            _in_window(F.col("_ts_ms"), window), F.timestamp_millis(F.col("_ts_ms").cast("long"))
+        ),
     )
     ev = ev.join(item_ids, ev["_iid"] == item_ids["_known_iid"], "left")
     v = F.col("_value")
@@ -211,14 +332,20 @@ def _tag_events(events: DataFrame, item_ids: DataFrame, prepare: PrepareConfig) 
         out_of_range = out_of_range | (v < prepare.min_value)
     if prepare.max_value is not None:
         out_of_range = out_of_range | (v > prepare.max_value)
+    malformed = (
+        F.col(CORRUPT_RECORD).isNotNull() if CORRUPT_RECORD in events.columns else F.lit(False)
+    )
     reason = first_reason(
+        (malformed, "malformed_json"),
         (_missing(F.col("_uid")) | _missing(F.col("_iid")), "missing_id"),
-        (F.col("_ts").isNull(), "bad_ts"),
+        (F.col("_ts_ms").isNull(), "bad_ts"),
+        (F.col("_ts").isNull(), "ts_out_of_window"),
         (F.col("_event").isNull() | ~F.col("_event").isin(*EVENT_KINDS), "unknown_event"),
+        (F.col("_has_value") & v.isNull(), "bad_value"),
         (v.isNotNull() & out_of_range, "out_of_range"),
         (F.col("_known_iid").isNull(), "unknown_item_id"),
     )
-    return ev.withColumn(REASON, reason).drop("_known_iid")
+    return ev.withColumn(REASON, reason).drop("_known_iid", "_has_value")
 
 
 def _tag_entities(df: DataFrame, id_col: str) -> DataFrame:
@@ -448,50 +575,36 @@ def build_examples(
         .join(_activity(good), ["user_id", "day"], "left")
         .join(_item_features(good, positives), ["item_id", "ts_ms"], "left")
     )
-    item_cats = _categorical_columns(items, "item_id", prepare)
+    # The feature rule (recsys.features.sparse_rule): ids and history from the event row,
+    # concepts and categorical attributes from the entity row, context from the event ts.
+    item_rule = entity_features("item", _column_kinds(items), prepare.text_columns)
+    user_kinds = _column_kinds(users) if users is not None else {}
+    user_rule = entity_features("user", user_kinds, prepare.text_columns)
+    from_event = {"item_id", "user_id", "history"}
     item_cols = [
         F.col("_id").alias("item_id"),
-        _concepts_column(items).alias("s_item_concepts"),
-        *[F.col(c).alias(f"_item_{c}") for c in item_cats],
+        *[_feature_column(items, f).alias(f.name) for f in item_rule if f.column not in from_event],
     ]
     has_created = "created_ts" in items.columns
     if has_created:
         item_cols.append(_ts_column(items, "created_ts").alias("_created_ts"))
     ex = ex.join(items.select(*item_cols), "item_id", "left")
-    user_cats: list[str] = []
     if users is not None:
-        user_cats = _categorical_columns(users, "user_id", prepare)
-        ex = ex.join(
-            users.select(
-                F.col("_id").alias("user_id"),
-                _concepts_column(users).alias("s_user_concepts"),
-                *[F.col(c).alias(f"_user_{c}") for c in user_cats],
-            ),
-            "user_id",
-            "left",
-        )
-    else:
-        ex = ex.withColumn("s_user_concepts", _empty())
+        user_cols = [
+            _feature_column(users, f).alias(f.name) for f in user_rule if f.column not in from_event
+        ]
+        ex = ex.join(users.select(F.col("_id").alias("user_id"), *user_cols), "user_id", "left")
 
-    def one(c: str) -> F.Column:
-        return F.when(F.col(c).isNull(), _empty()).otherwise(F.array(F.col(c).cast("string")))
+    def rule_column(f: SparseFeature) -> F.Column:
+        if f.column in from_event:
+            return _feature_column(ex, f)
+        # entity rows missing from their table (left join) get empty lists
+        return F.coalesce(F.col(f.name), _empty()) if f.name in ex.columns else _empty()
 
     split = split_column(prepare, cutoffs)
-    user_sparse = {
-        "s_user": F.array("user_id"),
-        "s_history": F.col("history"),
-        "s_user_concepts": F.coalesce("s_user_concepts", _empty()),
-        **{f"s_user_{c}": one(f"_user_{c}") for c in user_cats},
-    }
-    item_sparse = {
-        "s_item": F.array("item_id"),
-        "s_item_concepts": F.coalesce("s_item_concepts", _empty()),
-        **{f"s_item_{c}": one(f"_item_{c}") for c in item_cats},
-    }
-    context_sparse = {
-        "s_hour": F.array(F.hour("ts").cast("string")),
-        "s_weekday": F.array(F.date_format("ts", "EEE")),
-    }
+    user_sparse = {f.name: rule_column(f) for f in user_rule}
+    item_sparse = {f.name: rule_column(f) for f in item_rule}
+    context_sparse = {f.name: _feature_column(ex, f) for f in context_features()}
 
     def log1p(c: str) -> F.Column:
         return F.log1p(F.coalesce(F.col(c), F.lit(0)).cast("double")).cast("float")
@@ -575,82 +688,20 @@ def run(
     ``cfg.prepare.max_bad_fraction``.
     """
     spark = spark or build_session(cfg.spark)
-    spark.conf.set("spark.sql.session.timeZone", "UTC")
-    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MILLIS")
     prepare = cfg.prepare
-    storage = Storage(spark)
-    out = str(out_dir).rstrip("/")
-    storage.mkdirs(out)
-    staging = storage.staging_dir(out, "prepare")
-    cached: list[DataFrame] = []
-    try:
-        events = read_raw_table(spark, raw_dir, "events")
-        items = read_raw_table(spark, raw_dir, "items")
-        users = read_raw_table(spark, raw_dir, "users", required=False)
-        assert events is not None and items is not None
-
-        quality = QualityReport()
-        items_t = _tag_entities(items, "item_id").persist()
-        cached.append(items_t)
-        quality.add(items_t, "items")
-        good_items = items_t.filter(F.col(REASON).isNull()).drop(REASON)
-        users_t = good_users = None
-        if users is not None:
-            users_t = _tag_entities(users, "user_id").persist()
-            cached.append(users_t)
-            quality.add(users_t, "users")
-            good_users = users_t.filter(F.col(REASON).isNull()).drop(REASON)
-
-        known = good_items.select(F.col("_id").alias("_known_iid"))
-        events_t = _tag_events(events, known, prepare).persist()
-        cached.append(events_t)
-        ev_quality = quality.add(events_t, "events")
-
-        quarantine = f"{staging}/quarantine"
-        internal = ["_uid", "_iid", "_ts", "_event", "_value", "_id"]
-        for name, tagged in (("events", events_t), ("items", items_t), ("users", users_t)):
-            if tagged is not None:
-                bad = tagged.filter(F.col(REASON).isNotNull())
-                bad.drop(*[c for c in internal if c in tagged.columns]).write.mode(
-                    "overwrite"
-                ).parquet(f"{quarantine}/{name}")
-        try:
-            quality.check(prepare.max_bad_fraction, where=f"{out}/quarantine.rejected")
-        except DataQualityError:
-            storage.replace_dir(quarantine, f"{out}/quarantine.rejected")
-            raise
-
-        good = (
-            events_t.filter(F.col(REASON).isNull())
-            .select(
-                F.col("_uid").alias("user_id"),
-                F.col("_iid").alias("item_id"),
-                F.col("_ts").alias("ts"),
-                F.col("_event").alias("event"),
-                F.col("_value").alias("value"),
-            )
-            .dropDuplicates(["user_id", "item_id", "ts", "event"])
-            .withColumn("ts_ms", F.unix_millis("ts"))
-            .withColumn("day", F.floor(F.col("ts_ms") / DAY_MS).cast("int"))
-            .persist()
-        )
-        cached.append(good)
-        by_kind = {r["event"]: int(r["count"]) for r in good.groupBy("event").count().collect()}
+    with JobRun(spark, out_dir) as job:
+        good, good_items, good_users, by_kind = _validated_inputs(job, raw_dir, prepare)
+        ev_quality = next(t for t in job.quality.tables if t.table == "events")
         n_good = sum(by_kind.values())
-        events_t.unpersist()
 
-        labelled = label_examples(good, prepare).persist()
-        cached.append(labelled)
+        labelled = job.cache(label_examples(good, prepare))
         cutoffs = split_cutoffs(labelled, prepare)
         examples, features = build_examples(
             good, good_items, good_users, prepare, labelled, cutoffs
         )
-        examples.write.mode("overwrite").partitionBy("split").parquet(f"{staging}/examples")
-        for df in cached:
-            df.unpersist()
-        cached.clear()
+        written = job.write_examples(examples)
+        job.uncache_all()
 
-        written = spark.read.parquet(f"{staging}/examples")
         per_split = {
             r["split"]: r
             for r in written.groupBy("split")
@@ -664,11 +715,9 @@ def run(
         split_counts = {s: int(r["rows"]) for s, r in per_split.items()}
         positives = written.filter(F.col("label") == 1).count()
         n_examples = sum(split_counts.values())
-        # Train only: stats size tables and standardise dense inputs; valid/test would leak.
-        train = written.filter(F.col("split") == "train")
-        features["stats_split"] = "train"
-        features["stats"] = sparse_stats(train, features["sparse"], prepare.top_values)
-        features["dense_stats"] = dense_stats(train, features["dense"])
+        features |= job.train_stats(
+            written, features["sparse"], features["dense"], prepare.top_values
+        )
         label_events = (
             by_kind.get("rating", 0)
             if prepare.label.kind == "rating"
@@ -685,8 +734,8 @@ def run(
                 },
                 "examples": n_examples,
                 "positives": positives,
-                "quarantined": quality.by_reason(),
-                "tables": quality.by_table(),
+                "quarantined": job.quality.by_reason(),
+                "tables": job.quality.by_table(),
                 "events_in": ev_quality.rows,
                 "events_valid": n_good,
                 "duplicates": ev_quality.rows - ev_quality.bad_rows - n_good,
@@ -699,15 +748,59 @@ def run(
                 "prepare": prepare.model_dump(mode="json"),
                 "raw_dir": str(raw_dir),
                 "history_order": "oldest first, strictly before ts",
+                "ts_window": [_iso(ms) for ms in ts_window_ms(prepare)],
             },
             "schema": arrow_schema(written),
         }
-        storage.publish(staging, out, manifest)
+        job.publish(manifest)
         return manifest
-    finally:
-        for df in cached:
-            df.unpersist()
-        storage.delete(staging)
+
+
+def _validated_inputs(
+    job: JobRun, raw_dir: str | Path, prepare: PrepareConfig
+) -> tuple[DataFrame, DataFrame, DataFrame | None, dict[str, int]]:
+    """Read, tag and quarantine the raw tables, apply the bad-fraction gate; return the good
+    ``(events, items, users)`` (events de-duplicated with ``ts_ms`` and ``day``, cached) and
+    the good events per kind."""
+    spark = job.spark
+    events = read_raw_table(spark, raw_dir, "events", schema=EVENTS_JSON_SCHEMA)
+    items = read_raw_table(spark, raw_dir, "items")
+    users = read_raw_table(spark, raw_dir, "users", required=False)
+    assert events is not None and items is not None
+
+    def original(tagged: DataFrame) -> list[str]:
+        return [c for c in tagged.columns if c not in _INTERNAL_COLUMNS and c != REASON]
+
+    items_t = job.cache(_tag_entities(items, "item_id"))
+    job.quarantine("items", items_t, *original(items_t))
+    good_items = items_t.filter(F.col(REASON).isNull()).drop(REASON)
+    good_users = None
+    if users is not None:
+        users_t = job.cache(_tag_entities(users, "user_id"))
+        job.quarantine("users", users_t, *original(users_t))
+        good_users = users_t.filter(F.col(REASON).isNull()).drop(REASON)
+
+    known = good_items.select(F.col("_id").alias("_known_iid"))
+    events_t = job.cache(_tag_events(events, known, prepare))
+    job.quarantine("events", events_t, *original(events_t))
+    job.check_quality(prepare.max_bad_fraction)
+
+    good = job.cache(
+        events_t.filter(F.col(REASON).isNull())
+        .select(
+            F.col("_uid").alias("user_id"),
+            F.col("_iid").alias("item_id"),
+            F.col("_ts").alias("ts"),
+            F.col("_event").alias("event"),
+            F.col("_value").alias("value"),
+        )
+        .dropDuplicates(["user_id", "item_id", "ts", "event"])
+        .withColumn("ts_ms", F.unix_millis("ts"))
+        .withColumn("day", F.floor(F.col("ts_ms") / DAY_MS).cast("int"))
+    )
+    by_kind = {r["event"]: int(r["count"]) for r in good.groupBy("event").count().collect()}
+    events_t.unpersist()  # ``good`` is materialised: only it stays in memory
+    return good, good_items, good_users, by_kind
 
 
 def main(argv: list[str] | None = None) -> int:

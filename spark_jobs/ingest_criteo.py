@@ -43,9 +43,10 @@ from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 from recsys.config import PipelineConfig, load_config  # noqa: E402
-from spark_jobs.quality import REASON, DataQualityError, QualityReport, first_reason  # noqa: E402
+from spark_jobs.job_run import JobRun  # noqa: E402
+from spark_jobs.quality import REASON, DataQualityError, first_reason  # noqa: E402
 from spark_jobs.session import build_session  # noqa: E402
-from spark_jobs.stats import arrow_schema, dense_stats, sparse_stats  # noqa: E402
+from spark_jobs.stats import arrow_schema  # noqa: E402
 from spark_jobs.storage import Storage  # noqa: E402
 
 __all__ = ["NUM_CAT", "NUM_INT", "day_files", "main", "parse_lines", "run"]
@@ -167,34 +168,18 @@ def run(
     quarantined lines exceeds ``cfg.prepare.max_bad_fraction``.
     """
     spark = spark or build_session(cfg.spark)
-    spark.conf.set("spark.sql.session.timeZone", "UTC")
-    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MILLIS")
     prepare = cfg.prepare
-    storage = Storage(spark)
-    out = str(out_dir).rstrip("/")
-    storage.mkdirs(out)
-    files = day_files(storage, raw)
-    staging = storage.staging_dir(out, "criteo")
-    tagged = None
-    try:
+    files = day_files(Storage(spark), raw)
+    with JobRun(spark, out_dir) as job:
         # The position id must be taken before any shuffle: it follows line order in a file.
         lines = spark.read.text(files).select(
             "value",
             F.col("_metadata.file_name").alias("file"),
             F.monotonically_increasing_id().alias("pos"),
         )
-        tagged = parse_lines(lines).persist()
-        quality = QualityReport()
-        quality.add(tagged, "criteo")
-        quarantine = f"{staging}/quarantine"
-        tagged.filter(F.col(REASON).isNotNull()).select(
-            F.col("value").alias("line"), "file", REASON
-        ).write.mode("overwrite").parquet(f"{quarantine}/criteo")
-        try:
-            quality.check(prepare.max_bad_fraction, where=f"{out}/quarantine.rejected")
-        except DataQualityError:
-            storage.replace_dir(quarantine, f"{out}/quarantine.rejected")
-            raise
+        tagged = job.cache(parse_lines(lines))
+        job.quarantine("criteo", tagged, F.col("value").alias("line"), "file")
+        job.check_quality(prepare.max_bad_fraction)
         good = tagged.filter(F.col(REASON).isNull())
         s = prepare.split
         split, split_info = _split_column(
@@ -212,18 +197,14 @@ def run(
             *CAT_COLS,
             *INT_COLS,
         )
-        examples.write.mode("overwrite").partitionBy("split").parquet(f"{staging}/examples")
-        tagged.unpersist()
-        tagged = None
-
-        written = spark.read.parquet(f"{staging}/examples")
+        written = job.write_examples(examples)
+        job.uncache_all()
         counts = {
             r["split"]: (int(r["n"]), int(r["pos"] or 0))
             for r in written.groupBy("split")
             .agg(F.count("*").alias("n"), F.sum("label").alias("pos"))
             .collect()
         }
-        train = written.filter(F.col("split") == "train")  # stats size tables: train only
         manifest: dict[str, Any] = {
             "source": "criteo",
             "features": {
@@ -232,17 +213,15 @@ def run(
                 "user": [],
                 "item": [],
                 "context": CAT_COLS,
-                "stats": sparse_stats(train, CAT_COLS, prepare.top_values),
-                "dense_stats": dense_stats(train, INT_COLS),
-                "stats_split": "train",
+                **job.train_stats(written, CAT_COLS, INT_COLS, prepare.top_values),
             },
             "counts": {
                 **{k: counts.get(k, (0, 0))[0] for k in ("train", "valid", "test")},
                 "examples": sum(n for n, _ in counts.values()),
                 "positives": sum(p for _, p in counts.values()),
-                "quarantined": quality.by_reason(),
-                "tables": quality.by_table(),
-                "lines_in": quality.tables[0].rows,
+                "quarantined": job.quality.by_reason(),
+                "tables": job.quality.by_table(),
+                "lines_in": job.quality.tables[0].rows,
             },
             "label_rule": {"kind": "click", "source": "criteo label column"},
             "split": split_info,
@@ -253,12 +232,8 @@ def run(
             },
             "schema": arrow_schema(written),
         }
-        storage.publish(staging, out, manifest)
+        job.publish(manifest)
         return manifest
-    finally:
-        if tagged is not None:
-            tagged.unpersist()
-        storage.delete(staging)
 
 
 def main(argv: list[str] | None = None) -> int:

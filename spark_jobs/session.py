@@ -66,12 +66,25 @@ def build_session(cfg: SparkConfig | None = None, log_level: str = "WARN") -> Sp
     for k, v in {**runtime, **cfg.extra}.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(log_level)
-    for k, v in {**runtime, **cfg.extra}.items():
+    try:
+        spark.sparkContext.setLogLevel(log_level)
+    except Exception:  # noqa: BLE001 - Spark Connect sessions have no SparkContext
+        pass
+    apply_runtime_settings(spark, {**runtime, **cfg.extra})
+    return spark
+
+
+def apply_runtime_settings(spark: SparkSession, settings: dict[str, str] | None = None) -> None:
+    """Apply runtime SQL ``settings`` (default: ``RUNTIME_DEFAULTS``) to a running session.
+
+    Jobs call this on a session they were handed (a caller's, a notebook's), so that UTC days
+    and millisecond Parquet timestamps hold whoever built the session. Static settings of a
+    running session stay as they are.
+    """
+    for k, v in (RUNTIME_DEFAULTS if settings is None else settings).items():
         if not k.startswith("spark.sql."):
             continue
         try:
             spark.conf.set(k, v)
         except Exception:  # noqa: BLE001 - a static SQL conf of a running session stays as is
             pass
-    return spark

@@ -307,7 +307,16 @@ def test_rerun_is_idempotent(spark, ratings) -> None:  # noqa: ANN001
     again = job.run(ratings_config(), root / "raw", root / "out", spark)
     assert again == manifest
     pd.testing.assert_frame_equal(read_examples(root / "out"), ex)
-    assert not [p for p in (root / "out").iterdir() if p.name.startswith(".")]
+    # Nothing of the run is left beside the release: no staging, no temporary links.
+    assert sorted(p.name for p in (root / "out").iterdir()) == [
+        ".lock",
+        "current",
+        "examples",
+        "previous",
+        "quarantine",
+        "releases",
+    ]
+    assert len(list((root / "out" / "releases").iterdir())) == 2  # current + previous
 
 
 def test_too_many_bad_rows_fail_and_keep_the_previous_output(spark, ratings) -> None:  # noqa: ANN001
@@ -557,3 +566,44 @@ def test_user_time_stats_never_see_test_only_values(user_time) -> None:  # noqa:
 def test_user_time_split_rejects_global_dates() -> None:
     with pytest.raises(ValueError, match="by='time' only"):
         ratings_config(split={"by": "user_time", "valid_from": "2024-01-20"})
+
+
+# ----------------------------------------------------------------------------- Spark Connect
+
+_CONNECT_RUN = """
+import json, sys
+from pyspark.sql import SparkSession
+from recsys.config import parse_config
+from spark_jobs import build_training_data as job
+config, raw, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+spark = SparkSession.builder.remote("local[2]").getOrCreate()
+assert type(spark).__module__.startswith("pyspark.sql.connect"), type(spark)
+manifest = job.run(parse_config(config), raw, out, spark)
+print(json.dumps(manifest["counts"]))
+spark.stop()
+"""
+
+
+def test_the_job_runs_unchanged_under_spark_connect(tmp_path) -> None:  # noqa: ANN001
+    """A Spark Connect driver has no JVM: the job must use only public APIs (no ``_jvm``)."""
+    import subprocess
+    import sys
+
+    for module in ("grpc_status", "zstandard"):  # pyspark[connect]
+        pytest.importorskip(module)
+    write_ratings_world(tmp_path / "raw")
+    config = {"name": "ratings", "source": {"kind": "movielens", "path": "x"}}
+    config["prepare"] = ratings_config().prepare.model_dump(mode="json")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONNECT_RUN, json.dumps(config), str(tmp_path / "raw")]
+        + [str(tmp_path / "out")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts["quarantined"] == EXPECTED_QUARANTINE
+    assert (tmp_path / "out" / "examples" / "manifest.json").exists()

@@ -95,6 +95,10 @@ def test_malformed_lines_are_quarantined_with_reasons(three_days) -> None:  # no
     q = pd.read_parquet(root / "out" / "quarantine" / "criteo")
     assert set(zip(q.reason, q.line, strict=True)) == {(r, line) for r, line in BAD_LINES.items()}
     assert set(q.file) == {"day_0.tsv", "day_1.tsv", "day_2.tsv"}
+    # The quarantine is published in the same release as the examples it belongs to.
+    examples = (root / "out" / "examples").resolve()
+    assert (root / "out" / "quarantine").resolve().parent == examples.parent
+    assert examples.parent.parent.name == "releases"
 
 
 def test_integers_become_log1p_of_clipped_values_and_categories_lists(three_days) -> None:  # noqa: ANN001
