@@ -9,7 +9,7 @@ fail loudly with the file, the dotted key path and the reason::
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -176,6 +176,11 @@ class PrepareConfig(Section):
     text_columns: list[str] = Field(default_factory=lambda: ["title", "text"])
     # Relative error of approxQuantile when split cut-offs are derived from fractions.
     quantile_error: float = Field(default=0.0005, ge=0, le=0.1)
+    # Plausible event times, [min_ts, max_ts) in UTC: rows outside (negative, far-future or
+    # overflowing times) are quarantined as ``ts_out_of_window`` by the source and prepare stages.
+    # (not strict: an ISO string, as a dumped config holds it, is read as a date too)
+    min_ts: date = Field(default=date(1970, 1, 1), strict=False)
+    max_ts: date = Field(default=date(2100, 1, 1), strict=False)
 
     @field_validator("max_value")
     @classmethod
@@ -184,6 +189,21 @@ class PrepareConfig(Section):
         if value is not None and low is not None and value < low:
             raise ValueError(f"must be at least min_value ({low})")
         return value
+
+    @field_validator("max_ts")
+    @classmethod
+    def _window_not_empty(cls, value: date, info: ValidationInfo) -> date:
+        low = info.data.get("min_ts")
+        if low is not None and value <= low:
+            raise ValueError(f"must be after min_ts ({low})")
+        return value
+
+    def ts_window_s(self) -> tuple[int, int]:
+        """``[min_ts, max_ts)`` as epoch seconds (UTC midnight of each date)."""
+        return tuple(  # type: ignore[return-value]
+            int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
+            for d in (self.min_ts, self.max_ts)
+        )
 
 
 class EmbeddingConfig(Section):

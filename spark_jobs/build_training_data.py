@@ -136,11 +136,9 @@ EVENTS_JSON_SCHEMA = (
     "user_id string, item_id string, ts string, event string, value string, "
     f"{CORRUPT_RECORD} string"
 )
-# Event times outside [min_ts, max_ts) are quarantined as ``ts_out_of_window``: negative times,
-# far-future years and numbers that would overflow int64 milliseconds are bad data, not events.
-# ``prepare.min_ts``/``prepare.max_ts`` (ISO dates, UTC) override these defaults.
-DEFAULT_MIN_TS = "1970-01-01"
-DEFAULT_MAX_TS = "2100-01-01"
+# Event times outside [prepare.min_ts, prepare.max_ts) are quarantined as ``ts_out_of_window``:
+# negative times, far-future years and numbers that would overflow int64 milliseconds are bad
+# data, not events.
 # Epoch numbers below this magnitude are seconds, at or above it milliseconds (1e11 s is 5138 AD).
 _SECONDS_BELOW = 1e11
 # Columns the tagging adds; quarantined rows keep only the input's own columns (+ reason).
@@ -213,19 +211,9 @@ def _ts_ms_column(df: DataFrame, name: str) -> F.Column:
 
 
 def ts_window_ms(prepare: PrepareConfig) -> tuple[int, int]:
-    """``[min_ts, max_ts)`` of plausible event times in epoch ms (``prepare.min_ts``/``max_ts``
-    when the config has them, else ``DEFAULT_MIN_TS``/``DEFAULT_MAX_TS``)."""
-    bounds = []
-    for key, default in (("min_ts", DEFAULT_MIN_TS), ("max_ts", DEFAULT_MAX_TS)):
-        value = getattr(prepare, key, None) or default
-        try:
-            dt = datetime.fromisoformat(str(value))
-        except ValueError:
-            raise ValueError(f"prepare.{key}: {value!r} is not an ISO date/time") from None
-        bounds.append(int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000))
-    if bounds[0] >= bounds[1]:
-        raise ValueError(f"prepare.min_ts must be before prepare.max_ts, got {bounds}")
-    return bounds[0], bounds[1]
+    """``[prepare.min_ts, prepare.max_ts)``: plausible event times in epoch ms."""
+    low, high = prepare.ts_window_s()
+    return low * 1000, high * 1000
 
 
 def _in_window(ms: F.Column, window_ms: tuple[int, int]) -> F.Column:
@@ -234,16 +222,10 @@ def _in_window(ms: F.Column, window_ms: tuple[int, int]) -> F.Column:
 
 def _ts_column(df: DataFrame, name: str, window_ms: tuple[int, int] | None = None) -> F.Column:
     """Parse column ``name`` to a UTC timestamp; unparseable values and times outside
-    ``window_ms`` (default: ``DEFAULT_MIN_TS``..``DEFAULT_MAX_TS``) become null."""
-    window_ms = window_ms or _DEFAULT_WINDOW_MS
+    ``window_ms`` (default: the default ``prepare.min_ts``..``max_ts``) become null."""
+    window_ms = window_ms or ts_window_ms(PrepareConfig())
     ms = _ts_ms_column(df, name)
     return F.when(_in_window(ms, window_ms), F.timestamp_millis(ms.cast("long")))
-
-
-_DEFAULT_WINDOW_MS = (
-    int(datetime.fromisoformat(DEFAULT_MIN_TS).replace(tzinfo=UTC).timestamp() * 1000),
-    int(datetime.fromisoformat(DEFAULT_MAX_TS).replace(tzinfo=UTC).timestamp() * 1000),
-)
 
 
 def _id_column(df: DataFrame, name: str) -> F.Column:

@@ -195,8 +195,12 @@ def train(
         torch.set_num_threads(cfg.train.num_threads)
     env = init_distributed()
     try:
+        # Resolve the published pointer once (``<out>/examples`` is a symlink into the current
+        # release): a prepare job publishing mid-run must not mix one release's manifest with
+        # another's data.
+        examples = Path(examples_dir).resolve()
         with _run_lock(out_dir, env):
-            return _train_locked(cfg, Path(examples_dir), out_dir, env, resume=resume)
+            return _train_locked(cfg, examples, out_dir, env, resume=resume)
     finally:
         env.close()
 

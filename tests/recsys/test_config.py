@@ -219,3 +219,15 @@ def test_an_out_of_bounds_override_is_refused_like_a_file_value(tmp_path: Path):
     path = _write(tmp_path, MINIMAL)
     (line,) = _error_lines(path, {"train.batch_size": -5})
     assert line.startswith(f"{path}: train.batch_size: Input should be greater than or equal to 1")
+
+
+def test_the_event_time_window_is_a_pair_of_dates_in_order():
+    cfg = load_config(
+        "configs/movielens.yaml", {"prepare.min_ts": "2000-01-01", "prepare.max_ts": "2001-01-01"}
+    )
+    assert cfg.prepare.ts_window_s() == (946_684_800, 978_307_200)
+    with pytest.raises(ConfigError, match=r"prepare\.max_ts: must be after min_ts \(2000-01-01\)"):
+        load_config(
+            "configs/movielens.yaml",
+            {"prepare.min_ts": "2000-01-01", "prepare.max_ts": "1999-01-01"},
+        )
