@@ -21,8 +21,12 @@ lint: setup
 format: setup
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
+# Every benchmark's --quick mode (each under 5 minutes, about 10 in all); each writes
+# benchmarks/results/<name>_quick.json. Full runs and their commands: docs/benchmarks.md.
 bench: setup
-	$(PY) benchmarks/simulate.py && $(PY) benchmarks/prepare.py
+	for b in simulate prepare movielens_read featurise train_throughput train_memory unified_pareto \
+		retrieval; do \
+		$(PY) benchmarks/$$b.py --quick || exit 1; done
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

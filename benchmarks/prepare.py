@@ -1,14 +1,16 @@
 """Benchmark: spark_jobs/build_training_data.py throughput and driver memory vs input size.
 
-    .venv/bin/python benchmarks/prepare.py                 # 1M and 5M simulated events
-    .venv/bin/python benchmarks/prepare.py --sizes 500000 1000000 2000000
+    .venv/bin/python benchmarks/prepare.py --sizes 1250000 2500000 5000000 \
+        --out benchmarks/results/prepare.json
+    .venv/bin/python benchmarks/prepare.py --quick         # 100k and 200k events
 
 For each size the seeded simulator (``simulate_to_parquet``, no media) writes raw logs, then a
 fresh Python process runs the job on ``local[2]`` (Spark start-up excluded from the timing) and
 reports wall seconds, events/s, the driver's Python peak RSS and the driver JVM's peak RSS
 (sampled every 0.2 s with psutil; in local mode the JVM also runs the executors). Linearity:
 the time per event of each size relative to the smallest must stay within 1.5x.
-Prints a table and writes benchmarks/results/prepare.json.
+Prints a table and writes benchmarks/results/prepare.json (a full run refuses to replace it
+unless ``--out`` names it; ``--quick`` writes prepare_quick.json).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from host import describe_host  # noqa: E402 - benchmarks/ is the script directory
+from result_file import command_line, output_path, write_result  # noqa: E402
+
+QUICK_SIZES = [100_000, 200_000]
 
 
 def _worker(raw: str, out: str, master: str, partitions: int) -> dict:
@@ -156,11 +161,12 @@ def summarize(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="events (1M 5M)")
+    p.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prepare.json"))
+    p.add_argument("--out", default=None, help="JSON path (default: results/prepare.json)")
     p.add_argument("--resummarize", action="store_true", help="re-print --out without running")
     p.add_argument("--worker", nargs=2, metavar=("RAW", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -169,11 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.resummarize:
+        if not args.out:
+            raise SystemExit("--resummarize: name the JSON to re-print with --out")
         data = json.loads(Path(args.out).read_text())
         data.update(summarize(data["rows"]))
         data.pop("linear_within_1_5x", None)
-        Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+        write_result(Path(args.out), data)
         return 0
+    sizes = args.sizes or (QUICK_SIZES if args.quick else [1_000_000, 5_000_000])
+    out = output_path("prepare", args.quick, args.out)
 
     from recsys.config import SimulatorConfig
     from recsys.sources.simulator import simulate_to_parquet
@@ -186,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"# machine: {describe_host()}")
     rows = []
-    for n in args.sizes:
+    for n in sizes:
         raw = work / f"raw-{n}"
         t0 = time.perf_counter()
         if not (raw / "events.parquet").exists():
@@ -222,25 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         print(f"  {n:>9,}: {r['events_in']:,} events in {r['seconds']:.1f}s", flush=True)
     summary = summarize(rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps(
-            {
-                "setup": {
-                    "master": args.master,
-                    "shuffle_partitions": args.partitions,
-                    "cpus": os.cpu_count(),
-                    "simulator_seed": sim.seed,
-                    "command": "benchmarks/prepare.py "
-                    + " ".join(str(a) for a in (argv if argv is not None else sys.argv[1:])),
-                },
-                "rows": rows,
-                **summary,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    setup = {
+        "master": args.master,
+        "shuffle_partitions": args.partitions,
+        "cpus": os.cpu_count(),
+        "machine": describe_host(),
+        "simulator_seed": sim.seed,
+        "command": command_line("prepare.py", argv),
+    }
+    write_result(out, {"setup": setup, "rows": rows, **summary})
     return 0
 
 

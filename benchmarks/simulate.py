@@ -9,8 +9,10 @@ the end minus the RSS after imports. Rows:
 
 Usage::
 
-    .venv/bin/python benchmarks/simulate.py                    # 1M and 5M events
-    .venv/bin/python benchmarks/simulate.py --sizes 1e6,5e6,1e7 --repeats 3
+    .venv/bin/python benchmarks/simulate.py --sizes 1e6,5e6,1e7 --out benchmarks/results/simulate.json
+    .venv/bin/python benchmarks/simulate.py --quick            # 200k events, 1 repeat
+
+A full run without ``--out`` refuses to replace ``benchmarks/results/simulate.json``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from host import describe_host
+from result_file import command_line, output_path, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "simulate.json"
 
 
 def _child(mode: str, size: int, media: bool, seed: int) -> dict:
@@ -77,17 +81,24 @@ def _measure(mode: str, size: int, media: bool, seed: int, repeats: int) -> dict
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e6,5e6", help="target events, comma separated")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per row at 1M (1 above)")
+    ap.add_argument("--sizes", default=None, help="target events, comma separated (1e6,5e6)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="runs per row at the first size (3; 1 above)"
+    )
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="200k events, 1 repeat")
+    ap.add_argument("--out", default=None, help="JSON path (default: results/simulate.json)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         mode, size, media, seed = args.child
         print(json.dumps(_child(mode, int(size), media == "1", int(seed))))
         return
+    args.sizes = args.sizes or ("2e5" if args.quick else "1e6,5e6")
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    out = output_path("simulate", args.quick, args.out)
 
     from recsys.config import SimulatorConfig
 
@@ -110,6 +121,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "host": describe_host(),
         },
         "note": "users scale to reach the target; median of repeats; peak = maxrss - rss "
         "after imports, per subprocess",
@@ -167,9 +179,13 @@ def main() -> None:
         f"| media on / media off (streaming) | {ratios['media_on_over_off_seconds']:.2f} | "
         f"{ratios['media_on_over_off_peak']:.2f} |"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"setup": setup, "rows": rows, "ratios": ratios}, indent=2))
-    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    payload = {
+        "setup": setup,
+        "rows": rows,
+        "ratios": ratios,
+        "command": command_line("simulate.py", argv),
+    }
+    write_result(out, payload)
 
 
 if __name__ == "__main__":

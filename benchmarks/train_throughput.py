@@ -8,8 +8,12 @@ trainer's own timer: training steps only, no validation) and its peak RSS. Kinds
 interleaved within every repetition (order alternating), so machine noise hits all alike;
 the table shows medians and the ratio to collisionless.
 
-    .venv/bin/python benchmarks/train_throughput.py                 # 5 repetitions
-    .venv/bin/python benchmarks/train_throughput.py --profile       # + where the time goes
+    .venv/bin/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+    .venv/bin/python benchmarks/train_throughput.py --profile --out /tmp/profile.json
+    .venv/bin/python benchmarks/train_throughput.py --quick   # 1 rep: collisionless vs 2x8@1/4
+
+Examples come from ``runs/<dataset>/examples`` (built by the pipeline when missing). A full run
+without ``--out`` refuses to replace ``benchmarks/results/train_throughput.json``.
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ from typing import Any
 
 import numpy as np
 from host import describe_host
+from result_file import command_line, ensure_examples, output_path, shown, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = {"movielens": "configs/movielens.yaml", "simulated": "configs/simulated.yaml"}
 # name -> (embedding.kind, budget_fraction, chunk dim, probes per feature); every kind feeds
 # the ranker 16 columns per feature, so only the tables differ.
@@ -46,6 +50,8 @@ KINDS: dict[str, tuple[str, float | None, int, int]] = {
     "unified 2x8@1/4": ("unified", 0.25, 8, 2),
     "unified 4x4@1/4": ("unified", 0.25, 4, 4),
 }
+# --quick: the configs' default tables against collisionless, one repetition (about a minute).
+QUICK_KINDS = "collisionless,unified 2x8@1/4"
 
 
 def rss_mib() -> float:
@@ -92,7 +98,7 @@ def child(args: argparse.Namespace) -> int:
     import torch
 
     from recsys.training import train
-    from recsys.training.trainer import build_model, read_spec
+    from recsys.training.model_factory import build_model, read_spec
 
     torch.set_num_threads(args.threads)
     cfg = child_config(args.dataset, args.kind, args.epochs, args.threads, args.batch_size)
@@ -161,7 +167,8 @@ def phase_profile(dataset: str, kind: str, threads: int, steps: int = 40) -> dic
 
     from recsys.features.batcher import ExampleBatcher
     from recsys.training.distributed import dense_parameters, init_distributed, shard
-    from recsys.training.trainer import build_model, read_spec, training_loss
+    from recsys.training.model_factory import build_model, read_spec
+    from recsys.training.trainer import training_loss
 
     torch.set_num_threads(threads)
     cfg = child_config(dataset, kind, 1, threads, None)
@@ -229,13 +236,14 @@ def cprofile_summary(path: str, n: int = 18) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="movielens", choices=sorted(CONFIGS))
-    p.add_argument("--kinds", default=",".join(KINDS))
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--kinds", default=None, help=f"comma-separated, of {','.join(KINDS)} (all)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (5; --quick: 1)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_KINDS}, 1 repetition")
     p.add_argument("--epochs", type=int, default=2, help="epochs per child; last one is timed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--profile", action="store_true", help="also print where the time goes")
-    p.add_argument("--out", default=str(RESULTS / "train_throughput.json"))
+    p.add_argument("--out", default=None, help="JSON path (default: results/train_throughput.json)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kind", help=argparse.SUPPRESS)
     p.add_argument("--profile-out", help=argparse.SUPPRESS)
@@ -245,8 +253,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    kinds = args.kinds.split(",")
-    manifest = json.loads((ROOT / f"runs/{args.dataset}/examples/manifest.json").read_text())
+    kinds = (args.kinds or (QUICK_KINDS if args.quick else ",".join(KINDS))).split(",")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise SystemExit(f"--kinds: unknown {unknown}; known: {list(KINDS)}")
+    args.reps = args.reps or (1 if args.quick else 5)
+    out = output_path("train_throughput", args.quick, args.out)
+    from recsys.config import load_config
+
+    base = load_config(ROOT / CONFIGS[args.dataset])
+    exdir = ensure_examples(ROOT / CONFIGS[args.dataset], {}, ROOT / base.out / "examples")
+    manifest = json.loads((exdir / "manifest.json").read_text())
     print(f"# machine: {describe_host()}; {args.threads} torch thread(s) per child")
     print(
         f"# data: {args.dataset} train split, {manifest['counts']['train']:,} rows; "
@@ -303,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {
             "machine": describe_host(),
             "dataset": args.dataset,
+            "examples": shown(exdir),
             "train_rows": manifest["counts"]["train"],
             "epochs": args.epochs,
             "reps": args.reps,
@@ -310,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "summary": rows,
         "samples": samples,
-        "command": " ".join(["benchmarks/train_throughput.py", *(argv or sys.argv[1:])]),
+        "command": command_line("train_throughput.py", argv),
     }
     if args.profile:
         payload["profile"] = {}
@@ -333,10 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 payload["profile"][f"cprofile_{k}"] = text
                 print(f"\n# cProfile of one training child ({k}), main thread, by own time")
                 print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
-    print(f"# wrote {out}")
+    write_result(out, payload)
     return 0
 
 

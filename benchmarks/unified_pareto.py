@@ -17,14 +17,22 @@ equal the shared width, so every method feeds the ranker the same 16 columns per
 Datasets (``DATASETS``): ``movielens`` is ``configs/movielens.yaml`` as is; ``simulated`` is
 ``configs/simulated.yaml`` with hidden collaborative taste turned on (``SIM_WORLD``; its train
 split may be subsampled with ``--sim-train-rows``); the ``-categorical`` variants drop the
-dense features for every method, as in the paper's DCN-v2 setup. Budgets below 1 also get a
-``gain_grows`` verdict: is unified - hashing larger than at the next larger budget?
+dense features for every method, as in the paper's DCN-v2 setup. ``--config PATH`` runs one
+dataset from any pipeline config instead (named after the config's ``name``), and ``--set``
+keys outside ``embedding.*`` / ``train.*`` (``source.path``, ``output_dir``, ...) change the
+pipeline config of every dataset. Budgets below 1 also get a ``gain_grows`` verdict: is
+unified - hashing larger than at the next larger budget?
 
 The best-validation checkpoint is then scored on the test split (sklearn ``roc_auc_score``).
 Prints the setup and a table (mean, std, min-max over seeds), writes JSON and a Pareto plot.
 
-    .venv/bin/python benchmarks/unified_pareto.py            # full run (3 seeds)
-    .venv/bin/python benchmarks/unified_pareto.py --quick    # 1 seed, smoke run
+    .venv/bin/python benchmarks/unified_pareto.py --out benchmarks/results/unified_pareto.json
+    .venv/bin/python benchmarks/unified_pareto.py --quick    # movielens, 1/4, seed 0
+    .venv/bin/python benchmarks/unified_pareto.py --quick --config configs/movielens.yaml \
+        --set source.path=/data/ml-1m --set output_dir=/tmp/ml-1m --out /tmp/ml-1m/pareto.json
+
+A full run without ``--out`` refuses to replace ``benchmarks/results/unified_pareto.json``;
+``--quick`` writes ``unified_pareto_quick.json`` (``benchmarks/result_file.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 from host import describe_host
+from result_file import command_line, ensure_examples, output_path, shown, write_result
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -59,9 +67,8 @@ from recsys.features.batcher import ExampleBatcher  # noqa: E402
 from recsys.features.vocabulary import build_vocabulary  # noqa: E402
 from recsys.training import train  # noqa: E402
 from recsys.training.checkpoint import BEST, load_model_weights  # noqa: E402
-from recsys.training.trainer import build_model, read_spec  # noqa: E402
+from recsys.training.model_factory import build_model, read_spec  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 BUDGETS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 # In the world of configs/simulated.yaml every click effect is reachable through dense priors
 # and small-vocabulary features, so no embedding budget matters (even in a 20,000-user version).
@@ -126,17 +133,43 @@ class Run:
     seconds: float
 
 
+# --quick: every method at budget 1/4 (collisionless at 1), seed 0, on MovieLens: under a
+# minute on 2 cores once the examples exist (building them with Spark adds about one more).
+QUICK: dict[str, str] = {"datasets": "movielens", "budgets": "1/4", "seeds": "0"}
+
+
+def dataset_registry(config: str | None) -> dict[str, Dataset]:
+    """``DATASETS``, or with ``config`` (``--config``) that one config, named after its
+    ``name``: a dataset the registry does not know."""
+    if config is None:
+        return DATASETS
+    path = Path(config).expanduser().resolve()
+    return {load_config(path).name: Dataset(str(path), {})}
+
+
+def split_sets(sets: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``--set KEY=VALUE`` items as (``embedding``/``train`` overrides shared by every method,
+    pipeline-config overrides for every dataset such as ``source.path`` or ``output_dir``)."""
+    import yaml
+
+    methods: dict[str, dict[str, Any]] = {"embedding": {}, "train": {}}
+    pipeline: dict[str, Any] = {}
+    for s in sets:
+        key, sep, value = s.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {s!r}: expected SECTION.KEY=VALUE")
+        section, _, name = key.partition(".")
+        if section in methods and name:
+            methods[section][name] = yaml.safe_load(value)
+        else:
+            pipeline[key] = yaml.safe_load(value)
+    return methods, pipeline
+
+
 def examples_dir(cfg: PipelineConfig, config_path: str, sets: dict[str, Any]) -> Path:
-    """The cached examples of ``cfg``, produced with the real pipeline when missing."""
-    d = ROOT / cfg.out / "examples"
-    if not (d / "manifest.json").exists():
-        cmd = [str(ROOT / ".venv/bin/recsys"), "pipeline", "--config", config_path]
-        for key, value in sets.items():
-            cmd += ["--set", f"{key}={json.dumps(value)}"]
-        cmd += ["--stages", "source,prepare"]
-        print(f"# {d} missing; running: {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
-    return d
+    """The cached examples of ``cfg``, produced with the real pipeline when missing (a relative
+    ``output_dir`` is relative to the repository, like the configs' own)."""
+    return ensure_examples(ROOT / config_path, sets, ROOT / cfg.out / "examples")
 
 
 def derived_examples(exdir: Path, rows: int, seed: int = 0, without_dense: bool = False) -> Path:
@@ -311,7 +344,8 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per dataset and budget: unified - hashing (and its spread), whether that gain is larger
-    than at the next larger budget below 1 (``gain_grows``), unified vs collisionless."""
+    than at the next larger budget below 1 (``gain_grows``), and unified and hashing relative
+    to collisionless; a method that was not run leaves its fields ``None``."""
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
         by = {(r["method"], r["budget"]): r for r in rows if r["dataset"] == ds}
@@ -319,26 +353,35 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         previous: float | None = None  # the gain at the next larger budget below 1
         for b in sorted({r["budget"] for r in rows if r["dataset"] == ds}, reverse=True):
             u, h = by.get(("unified", b)), by.get(("hashing", b))
-            if u is None or h is None:
+            if u is None and h is None:
                 continue
-            spread = max(u["auc_std"], h["auc_std"])
-            gain = u["auc_mean"] - h["auc_mean"]
-            row = {
-                "dataset": ds,
-                "budget": b,
-                "unified_minus_hashing": gain,
-                "seed_spread": spread,
-                "beats_hashing": bool(gain > spread) if u["seeds"] > 1 else None,
-                "ranges_disjoint": bool(u["auc_min"] > h["auc_max"]),
-                "gain_grows": None if previous is None else bool(gain > previous),
-            }
-            if b < 1:
-                previous = gain
-            if cl is not None:
-                row["unified_vs_collisionless_rel"] = u["auc_mean"] / cl["auc_mean"] - 1.0
-                row["hashing_vs_collisionless_rel"] = h["auc_mean"] / cl["auc_mean"] - 1.0
+            row: dict[str, Any] = {"dataset": ds, "budget": b}
+            row.update(gain_fields(u, h, previous))
+            if b < 1 and row["unified_minus_hashing"] is not None:
+                previous = row["unified_minus_hashing"]
+            for name, r in (("unified", u), ("hashing", h)):
+                rel = None if r is None or cl is None else r["auc_mean"] / cl["auc_mean"] - 1.0
+                row[f"{name}_vs_collisionless_rel"] = rel
             out.append(row)
     return out
+
+
+def gain_fields(
+    u: dict[str, Any] | None, h: dict[str, Any] | None, previous: float | None
+) -> dict[str, Any]:
+    """unified - hashing at one budget, its seed spread and verdicts (``None`` without both)."""
+    if u is None or h is None:
+        keys = ("unified_minus_hashing", "seed_spread", "beats_hashing", "ranges_disjoint")
+        return {**dict.fromkeys(keys), "gain_grows": None}
+    spread = max(u["auc_std"], h["auc_std"])
+    gain = u["auc_mean"] - h["auc_mean"]
+    return {
+        "unified_minus_hashing": gain,
+        "seed_spread": spread,
+        "beats_hashing": bool(gain > spread) if u["seeds"] > 1 else None,
+        "ranges_disjoint": bool(u["auc_min"] > h["auc_max"]),
+        "gain_grows": None if previous is None else bool(gain > previous),
+    }
 
 
 def budget_label(b: float) -> str:
@@ -362,13 +405,22 @@ def print_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> No
     )
     print("|---|---|---:|---:|---|---|---:|---:|")
     for c in checks:
-        rel_u = c.get("unified_vs_collisionless_rel", float("nan"))
-        rel_h = c.get("hashing_vs_collisionless_rel", float("nan"))
         print(
-            f"| {c['dataset']} | {budget_label(c['budget'])} | {c['unified_minus_hashing']:+.4f} "
-            f"| {c['seed_spread']:.4f} | {c['beats_hashing']} | {c['gain_grows']} "
-            f"| {rel_u:+.2%} | {rel_h:+.2%} |"
+            f"| {c['dataset']} | {budget_label(c['budget'])} "
+            f"| {fmt(c['unified_minus_hashing'], '+.4f')} | {fmt(c['seed_spread'], '.4f')} "
+            f"| {fmt(c['beats_hashing'])} | {fmt(c['gain_grows'])} "
+            f"| {fmt(c['unified_vs_collisionless_rel'], '+.2%')} "
+            f"| {fmt(c['hashing_vs_collisionless_rel'], '+.2%')} |"
         )
+
+
+def fmt(value: float | bool | None, spec: str = "") -> str:
+    """A table cell: ``—`` for a value that was not measured."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, spec)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -444,9 +496,16 @@ def unified_overrides(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", default=",".join(DATASETS))
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
+    p.add_argument(
+        "--datasets", default=None, help=f"comma-separated, of {','.join(DATASETS)} (all)"
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="a pipeline config to run instead of the registry (dataset = its name)",
+    )
+    p.add_argument("--seeds", default=None, help="comma-separated (0,1,2)")
+    p.add_argument("--budgets", default=None, help="fractions of collisionless (1,1/4,1/16,1/64)")
     p.add_argument("--methods", default="collisionless,hashing,unified")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
     p.add_argument("--jobs", type=int, default=2, help="runs trained in parallel processes")
@@ -456,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="uniform sample of the simulated train split (valid/test stay whole); 0 = all",
     )
-    p.add_argument("--quick", action="store_true", help="1 seed smoke run")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: movielens (or --config), budget 1/4, seed 0",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument(
         "--set",
@@ -464,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="shared override for every method (embedding.* or train.*), YAML value",
+        help="YAML value; embedding.*/train.*: shared by every method; any other key "
+        "(source.path, output_dir, ...): the pipeline config of every dataset",
     )
     p.add_argument(
         "--unified-dim", type=int, default=None, help="unified only: chunk dim d (default: dim)"
@@ -479,22 +543,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--unified-tables", type=int, default=None, help="unified only: num_tables (round-robin)"
     )
-    p.add_argument("--out", default=str(RESULTS / "unified_pareto.json"))
-    p.add_argument("--plot", default=str(RESULTS / "unified_pareto.png"))
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON path, anywhere (default: benchmarks/results/unified_pareto[_quick].json; "
+        "a full run refuses to replace it unless --out names it)",
+    )
+    p.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
+    p.add_argument("--no-plot", action="store_true", help="write the JSON only")
     args = p.parse_args(argv)
 
-    import yaml
-
-    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    budgets = [float(Fraction(b)) for b in args.budgets.split(",")]  # "1/4", "0.25", "1"
+    registry = dataset_registry(args.config)
+    quick = QUICK if args.quick else {}
+    if args.config:
+        quick = {k: v for k, v in quick.items() if k != "datasets"}
+    names = (args.datasets or quick.get("datasets") or ",").split(",")
+    names = [n for n in names if n] or list(registry)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise SystemExit(f"--datasets: unknown {unknown}; known: {list(registry)}")
+    seeds = [int(s) for s in (args.seeds or quick.get("seeds") or "0,1,2").split(",")]
+    budgets_text = args.budgets or quick.get("budgets") or ",".join(str(b) for b in BUDGETS)
+    budgets = [float(Fraction(b)) for b in budgets_text.split(",")]  # "1/4", "0.25", "1"
     methods = args.methods.split(",")
-    overrides: dict[str, dict[str, Any]] = {"embedding": {}, "train": {}}
-    for s in args.sets:
-        key, _, value = s.partition("=")
-        section, _, field = key.partition(".")
-        if section not in overrides or not field:
-            raise SystemExit(f"--set {s!r}: expected embedding.KEY=VALUE or train.KEY=VALUE")
-        overrides[section][field] = yaml.safe_load(value)
+    out = output_path("unified_pareto", args.quick, args.out)
+    plot_path = Path(args.plot).resolve() if args.plot else out.with_suffix(".png")
+    overrides, pipeline_sets = split_sets(args.sets)
     if args.epochs is not None:
         overrides["train"]["epochs"] = args.epochs
     overrides["train"]["num_threads"] = args.threads
@@ -511,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         "budgets": budgets,
         "methods": methods,
         "overrides": overrides,
+        "pipeline_overrides": pipeline_sets,
         "unified": {
             "dim": args.unified_dim,
             "probes": args.unified_probes,
@@ -523,10 +598,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} torch thread(s) each"
     )
     print(f"# seeds {seeds}; budgets {[budget_label(b) for b in budgets]} of collisionless")
-    for ds in args.datasets.split(","):
-        data = DATASETS[ds]
-        base = load_config(ROOT / data.config, data.sets)
-        exdir = examples_dir(base, data.config, data.sets)
+    for ds in names:
+        data = registry[ds]
+        sets = {**data.sets, **pipeline_sets}
+        base = load_config(ROOT / data.config, sets)
+        exdir = examples_dir(base, data.config, sets)
         rows = args.sim_train_rows if data.subsample and args.sim_train_rows else 10**12
         exdir = derived_examples(exdir, rows, without_dense=data.without_dense)
         manifest = json.loads((exdir / "manifest.json").read_text())
@@ -545,10 +621,10 @@ def main(argv: list[str] | None = None) -> int:
         ds_overrides = {**overrides, "train": train_overrides, "unified": uni}
         uni_cfg = emb_cfg.model_copy(update=uni)
         setup["datasets"][ds] = {
-            "config": data.config,
-            "config_overrides": data.sets,
+            "config": shown(ROOT / data.config),
+            "config_overrides": sets,
             "split": manifest.get("split"),
-            "examples_dir": str(exdir.relative_to(ROOT)),
+            "examples_dir": shown(exdir),
             "counts": counts,
             "label_rule": label_rule(manifest),
             "subsample": manifest.get("subsample"),
@@ -566,9 +642,9 @@ def main(argv: list[str] | None = None) -> int:
             f"# {ds}: {counts['train']:,} train / {counts['valid']:,} valid / "
             f"{counts['test']:,} test rows; label: {setup['datasets'][ds]['label_rule']}"
         )
-        if data.sets:
-            sets = " ".join(f"{k}={v}" for k, v in data.sets.items())
-            print(f"#   world: {data.config} with {sets}")
+        if sets:
+            shown_sets = " ".join(f"{k}={v}" for k, v in sets.items())
+            print(f"#   world: {shown(ROOT / data.config)} with {shown_sets}")
         print(f"#   split: {split_rule(manifest)}")
         if manifest.get("dropped_features"):
             print(f"#   left out for every method: {', '.join(manifest['dropped_features'])}")
@@ -634,21 +710,18 @@ def main(argv: list[str] | None = None) -> int:
     checks = verdicts(rows)
     print_tables(rows, checks)
     print(f"\n# {len(runs)} runs in {total / 60:.1f} min")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "setup": setup,
         "summary": rows,
         "checks": checks,
         "runs": [asdict(r) for r in runs],
         "total_seconds": total,
-        "command": " ".join(["benchmarks/unified_pareto.py", *(argv or sys.argv[1:])]),
+        "command": command_line("unified_pareto.py", argv),
     }
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out)
-    plot(rows, Path(args.plot))
-    print(f"# wrote {out} and {args.plot}")
+    write_result(out, payload)
+    if not args.no_plot:
+        plot(rows, plot_path)
+        print(f"# wrote {shown(plot_path)}")
     return 0
 
 

@@ -2,17 +2,25 @@
 
 Stages that need Spark (``prepare``) import it lazily inside the subcommand, so the library
 never imports pyspark or grpc (see docs/architecture.md).
+
+The console shows the stages' own log lines and the summary. Without ``-v``, the Spark JVM's
+console output (banners, start-up warnings) goes to ``<output_dir>/logs/spark-console.log``,
+and TorchRec/FBGEMM/torch/py4j warnings and other libraries' info lines are hidden; ``-v``
+shows everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +69,28 @@ def stage_source(cfg: PipelineConfig) -> dict[str, Any]:
     return {"raw_dir": str(raw), **summary}
 
 
+@contextlib.contextmanager
+def jvm_console_to(log_file: Path) -> Iterator[None]:
+    """While the block runs, this process's stderr and stdout (file descriptors 2 and 1) point
+    at ``log_file``, so a JVM started inside the block writes its console there for good;
+    Python's own streams are restored on exit."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with open(log_file, "ab") as f:
+        try:
+            for fd in saved:
+                os.dup2(f.fileno(), fd)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
     """Spark: raw logs (or Criteo TSV) -> examples + manifest."""
     from pyspark.sql import SparkSession
@@ -68,7 +98,13 @@ def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
     from spark_jobs.session import build_session
 
     had_session = SparkSession.getActiveSession() is not None
-    spark = build_session(cfg.spark)
+    if had_session or log.isEnabledFor(logging.DEBUG):  # -v, or the JVM already runs
+        spark = build_session(cfg.spark)
+    else:
+        console = cfg.out / "logs" / "spark-console.log"
+        log.info("Spark console output: %s (-v shows it here)", console)
+        with jvm_console_to(console):
+            spark = build_session(cfg.spark)
     try:
         if cfg.source.kind == "criteo":
             from spark_jobs import ingest_criteo
@@ -84,12 +120,15 @@ def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
     return {"examples_dir": str(_paths(cfg)["examples"]), "counts": manifest.get("counts")}
 
 
-def stage_train(cfg: PipelineConfig) -> dict[str, Any]:
-    """TorchRec training on the examples; checkpoints under ``<output_dir>/checkpoints``."""
+def stage_train(cfg: PipelineConfig, resume: bool = True) -> dict[str, Any]:
+    """TorchRec training on the examples; checkpoints under ``<output_dir>/checkpoints``.
+
+    With ``resume`` an interrupted run in that directory continues where it stopped;
+    without, training starts from scratch and replaces the checkpoints there."""
     from recsys.training.trainer import train
 
     p = _paths(cfg)
-    result = train(cfg, p["examples"], p["checkpoints"])
+    result = train(cfg, p["examples"], p["checkpoints"], resume=resume)
     return {
         "checkpoint": str(result.checkpoint),
         "best_epoch": result.best_epoch,
@@ -110,12 +149,12 @@ def stage_export(cfg: PipelineConfig) -> dict[str, Any]:
 
 def _not_built(name: str) -> Callable[[PipelineConfig], dict[str, Any]]:
     def stage(cfg: PipelineConfig) -> dict[str, Any]:
-        raise StageError(f"stage {name!r} is not built yet (see the open issues)")
+        raise StageError(f"stage {name!r} is not built yet")
 
     return stage
 
 
-STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "source": stage_source,
     "prepare": stage_prepare,
     "train": stage_train,
@@ -126,15 +165,38 @@ STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
 PIPELINE = ("source", "prepare", "train", "export")
 
 
-def run_pipeline(cfg: PipelineConfig, stages: tuple[str, ...] = PIPELINE) -> dict[str, Any]:
-    """Run ``stages`` in order, writing ``<output_dir>/pipeline.json`` with each stage's summary."""
+def run_pipeline(
+    cfg: PipelineConfig,
+    stages: tuple[str, ...] = PIPELINE,
+    config_file: str | Path | None = None,
+    overrides: dict[str, object] | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Run ``stages`` in order, writing ``<output_dir>/pipeline.json``: the config's name, the
+    file it was read from (absolute path) and the ``--set`` overrides, then each stage's
+    summary in run order.
+
+    ``train`` resumes an interrupted run (``resume``) unless this pipeline has just rebuilt
+    the examples (``prepare`` ran before it): checkpoints of other examples cannot resume, so
+    running the same pipeline twice into one directory trains from scratch the second time."""
     from recsys.atomic import write_json
 
-    results: dict[str, Any] = {"config": cfg.name, "stages": {}}
+    results: dict[str, Any] = {
+        "config": cfg.name,
+        "config_file": str(Path(config_file).resolve()) if config_file else None,
+        "overrides": dict(overrides or {}),
+        "stages": {},
+    }
     for name in stages:
         t0 = time.perf_counter()
         log.info("== %s ==", name)
-        summary = STAGES[name](cfg)
+        if name == "train":
+            fresh = "prepare" in results["stages"]
+            if fresh and resume:
+                log.info("train: the examples were rebuilt above; training from scratch")
+            summary = STAGES[name](cfg, resume=resume and not fresh)
+        else:
+            summary = STAGES[name](cfg)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         results["stages"][name] = summary
         log.info("%s done in %.1fs", name, summary["seconds"])
@@ -183,15 +245,48 @@ def build_parser() -> argparse.ArgumentParser:
     add("serve", "run the gRPC server (not built yet)")
     pl = add("pipeline", "run source -> prepare -> train -> export")
     pl.add_argument("--stages", help=f"comma-separated subset of {','.join(PIPELINE)}")
+    for sp in (pl, sub.choices["train"]):
+        sp.add_argument(
+            "--no-resume",
+            action="store_true",
+            help="train from scratch, replacing <output_dir>/checkpoints (default: resume an "
+            "interrupted run there)",
+        )
     return p
+
+
+OUR_PACKAGES = ("recsys", "spark_jobs")
+# Libraries whose warnings and info lines are noise to a user of the CLI (deprecations inside
+# TorchRec/FBGEMM, py4j connection chatter); ``-v`` shows them.
+CHATTY_LIBRARIES = (
+    "torchrec",
+    "fbgemm_gpu",
+    "torch.distributed",
+    "torch.fx",
+    "torch.jit",
+    "py4j",
+)
+
+
+def quiet_libraries() -> None:
+    """Hide the warnings and below-ERROR log lines that ``CHATTY_LIBRARIES`` emit."""
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=re.escape(name) + r"(\.|$)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Our own packages log at INFO; every other logger (FBGEMM logs its library loading on the
+    # root logger) shows warnings only, unless -v.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for package in OUR_PACKAGES:
+        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        quiet_libraries()
     try:
         cfg = load_config(args.config, dict(args.overrides))
         if args.command == "pipeline":
@@ -199,15 +294,19 @@ def main(argv: list[str] | None = None) -> int:
             unknown = [s for s in stages if s not in STAGES]
             if unknown:
                 raise StageError(f"--stages: unknown {unknown}; known: {list(STAGES)}")
-            out = run_pipeline(cfg, stages)
+            out = run_pipeline(
+                cfg, stages, args.config, dict(args.overrides), resume=not args.no_resume
+            )
         elif args.command == "simulate":
             if cfg.source.kind != "simulator":
                 raise StageError(
                     f"{args.config}: source.kind is {cfg.source.kind!r}, not 'simulator'"
                 )
             out = stage_source(cfg)
+        elif args.command == "train":
+            out = stage_train(cfg, resume=not args.no_resume)
         elif args.command == "serve":
-            raise StageError("stage 'serve' is not built yet (see the open issues)")
+            raise StageError("stage 'serve' is not built yet")
         else:
             out = STAGES[args.command](cfg)
     except (ConfigError, StageError, FileNotFoundError, ValueError) as e:

@@ -52,6 +52,9 @@ else
 fi
 # torchrec names the CUDA fbgemm-gpu as a dependency; install it without deps, then its real needs.
 $PIP install --no-deps torchrec==1.8.0
-if [ "${RECSYS_GPU:-0}" = "1" ]; then $PIP install -e ".[dev,gpu]"; else $PIP install -e ".[dev,cpu]"; fi
+# dev: pytest, ruff; bench: psutil (benchmarks/); serving: grpc, protobuf, prometheus-client
+# (serving/); retrieval: faiss-cpu (recsys.retrieval). The tests need all of them.
+EXTRAS="dev,bench,serving,retrieval"
+if [ "${RECSYS_GPU:-0}" = "1" ]; then $PIP install -e ".[$EXTRAS,gpu]"; else $PIP install -e ".[$EXTRAS,cpu]"; fi
 echo "$HASH" > "$STAMP"
 echo "setup: ready (.venv)" >&2

@@ -1,10 +1,22 @@
-"""The ``recsys`` command: help, config errors and stages that are not built yet."""
+"""The ``recsys`` command: help, config errors, stages not built yet, what it records and shows."""
 
+import json
+import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-from recsys.cli import PIPELINE, STAGES, build_parser, main, stage_source
+from recsys.cli import (
+    CHATTY_LIBRARIES,
+    PIPELINE,
+    STAGES,
+    build_parser,
+    jvm_console_to,
+    main,
+    quiet_libraries,
+    stage_source,
+)
 from recsys.config import load_config
 from recsys.sources.raw_logs import RawLogs
 
@@ -69,3 +81,66 @@ def test_source_max_item_tags_reaches_the_movielens_reader(tmp_path: Path) -> No
         concepts[tags] = [c for row in items["concepts"].to_pylist() for c in row or []]
     assert any(c.startswith("tag:") for c in concepts[20])
     assert concepts[0] and not any(c.startswith("tag:") for c in concepts[0])
+
+
+def test_pipeline_json_names_the_config_file_and_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "configs" / "mine.yaml"
+    config.parent.mkdir()
+    text = (ROOT / "configs/movielens.yaml").read_text()
+    config.write_text(text.replace("data/ml-latest-small", str(ROOT / "data/ml-latest-small")))
+    out = tmp_path / "run"
+    code = main(
+        ["pipeline", "--config", str(config), "--stages", "source", "--set", f"output_dir={out}"]
+    )
+    assert code == 0
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["config"] == "movielens"
+    assert summary["config_file"] == str(config.resolve())
+    assert summary["overrides"] == {"output_dir": str(out)}
+    assert list(summary["stages"]) == ["source"]
+
+
+def test_jvm_console_goes_to_the_log_file_and_python_stderr_comes_back(
+    tmp_path: Path, capfd
+) -> None:
+    log_file = tmp_path / "logs" / "spark-console.log"
+    with jvm_console_to(log_file):
+        # A child process started inside the block (as the Spark JVM is) keeps the file.
+        subprocess.run(["sh", "-c", "echo banner-out; echo banner-err >&2"], check=True)
+    print("after", file=sys.stderr)
+    captured = capfd.readouterr()
+    assert "banner" not in captured.out + captured.err
+    assert "after" in captured.err
+    assert log_file.read_text().split() == ["banner-out", "banner-err"]
+
+
+def test_quiet_libraries_hides_torchrec_warnings_but_not_ours() -> None:
+    levels = {name: logging.getLogger(name).level for name in CHATTY_LIBRARIES}
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            quiet_libraries()
+            for module in ("torchrec.distributed.planner", "fbgemm_gpu.split", "recsys.training"):
+                warnings.warn_explicit(
+                    "chatter", UserWarning, "x.py", 1, module=module, registry={}
+                )
+        assert [(str(w.message), w.filename) for w in seen] == [("chatter", "x.py")]
+        assert len(seen) == 1
+        assert not logging.getLogger("torchrec.distributed").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("recsys").isEnabledFor(logging.WARNING)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def test_a_pipeline_that_rebuilt_the_examples_trains_from_scratch(monkeypatch, tmp_path) -> None:
+    import recsys.cli as cli
+
+    calls: list[bool] = []
+    monkeypatch.setitem(cli.STAGES, "prepare", lambda cfg: {})
+    monkeypatch.setitem(cli.STAGES, "train", lambda cfg, resume: calls.append(resume) or {})
+    cfg = load_config(ROOT / "configs/movielens.yaml", {"output_dir": str(tmp_path)})
+    cli.run_pipeline(cfg, ("prepare", "train"))  # new examples: old checkpoints cannot resume
+    cli.run_pipeline(cfg, ("train",))  # same examples: an interrupted run continues
+    cli.run_pipeline(cfg, ("train",), resume=False)  # --no-resume
+    assert calls == [False, True, False]
