@@ -53,7 +53,12 @@ def stage_source(cfg: PipelineConfig) -> dict[str, Any]:
     elif cfg.source.kind == "movielens":
         from recsys.sources.movielens import read_movielens
 
-        logs = read_movielens(cfg.source.path, max_item_tags=cfg.source.max_item_tags)
+        logs = read_movielens(
+            cfg.source.path,
+            max_item_tags=cfg.source.max_item_tags,
+            max_bad_fraction=cfg.prepare.max_bad_fraction,
+            ts_window_s=cfg.prepare.ts_window_s(),
+        )
         logs.write(raw)
         summary = logs.summary()
     else:  # criteo is ingested straight to examples by Spark in the prepare stage
