@@ -5,7 +5,10 @@ Layout of ``bundle/<version>/``::
     bundle.json     format, version, model kind + constructor arguments, feature spec, metrics,
                     and the sha256 of every other file (all checked on load)
     weights.pt      the model's ``state_dict`` (loaded with ``torch.load(weights_only=True)``)
-    ...             any extra files a model kind writes (item embeddings, index, vocabulary)
+    ...             any extra files a model kind writes (item embeddings, vocabulary)
+    index/          optional, added after export by ``write_bundle_index`` (the retrieval
+                    index, ``recsys.retrieval``): ``index/index.json`` lists every file under
+                    ``index/`` with its sha256, checked on load like ``bundle.json``'s list
 
 The model is rebuilt from ``bundle.json`` by a factory registered for its kind, never by
 unpickling: a bundle from outside can carry tensors and JSON, not code. A model that can embed
@@ -16,7 +19,9 @@ the bundle's content (``20240101T120000Z-3f2a9c1b0d``), so two exports in the sa
 different names; an export is built in a hidden temporary directory beside the versions and
 published with one rename that never replaces an existing version. Every file in a version
 directory must be listed in ``bundle.json`` with its checksum: a missing, unlisted or altered
-file makes the whole bundle refused with a ``BundleError`` naming it.
+file makes the whole bundle refused with a ``BundleError`` naming it. The one later addition
+is ``index/``: it is built in a hidden temporary directory beside the versions and moved in
+with one rename, so a reader sees either no index or a complete one, never part of one.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ from torch import nn
 FORMAT = 1
 META = "bundle.json"
 WEIGHTS = "weights.pt"
+# The retrieval index: a subdirectory added after export, listed by its own manifest.
+INDEX_DIR = "index"
+INDEX_META = "index.json"
 # Temporary export directories: hidden (readers listing versions skip dot names) and tagged
 # with host and PID so a later export can sweep those of killed exporters.
 _TMP_PREFIX = ".export-"
@@ -113,6 +121,12 @@ class Bundle:
     def version(self) -> str:
         return str(self.meta["version"])
 
+    @property
+    def index_dir(self) -> Path | None:
+        """``<bundle>/index`` when the bundle has a retrieval index (verified on load)."""
+        index = self.path / INDEX_DIR
+        return index if index.is_dir() and not index.is_symlink() else None
+
     def embed(self, kind: str, frame: pd.DataFrame) -> np.ndarray:
         """Embed rows (``kind`` is ``"item"`` or ``"user"``) with the bundle's model."""
         if not isinstance(self.model, Embedder):
@@ -163,7 +177,7 @@ def export_bundle(
     try:
         _write_durably(tmp / WEIGHTS, lambda p: torch.save(model.state_dict(), p))
         for name, write in (extra_files or {}).items():
-            if name in (META, WEIGHTS) or not _is_plain_relative(name):
+            if name in (META, WEIGHTS) or not _is_plain_relative(name) or _in_index(name):
                 raise BundleError(f"extra file {name!r}: reserved or not a plain relative name")
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             _write_durably(tmp / name, write)
@@ -182,6 +196,60 @@ def export_bundle(
         raise
 
 
+def write_bundle_index(
+    bundle_dir: str | Path,
+    write: Callable[[Path], Mapping[str, Any]],
+    *,
+    replace: bool = False,
+) -> Path:
+    """Add (or, with ``replace``, swap) the ``index/`` directory of a bundle; return its path.
+
+    ``write(tmp)`` writes the index's files into the empty directory ``tmp`` and returns
+    JSON-able metadata; ``index/index.json`` is that metadata plus ``format`` and ``files``
+    (the sha256 of every file written). ``tmp`` is a hidden directory beside the versions
+    (swept like a killed export's), so the version directory never holds a partial index:
+    one rename moves the finished one in. Without ``replace`` an existing index is a
+    ``BundleError`` naming it; with it the old and new directories are exchanged atomically.
+    """
+    bundle_dir = Path(bundle_dir)
+    _read_meta(bundle_dir)  # only into a bundle
+    target = bundle_dir / INDEX_DIR
+    if (target.exists() or target.is_symlink()) and not replace:
+        raise BundleError(f"{target}: the bundle already has an index (replace=True swaps it)")
+    root = bundle_dir.parent
+    _sweep_dead_exports(root)
+    tmp = root / f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-index-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write_index_manifest(tmp, write(tmp))
+        if replace and (target.exists() or target.is_symlink()):
+            from recsys.atomic import replace_dir
+
+            replace_dir(tmp, target)
+        elif not _rename_no_replace(tmp, target):
+            raise BundleError(f"{target}: the bundle already has an index")
+        _fsync_dir(bundle_dir)
+        return target
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_index_manifest(index_dir: str | Path, info: Mapping[str, Any]) -> dict[str, Any]:
+    """Fsync every file under ``index_dir`` and write ``index.json``: ``info`` plus ``format``
+    and ``files`` (name -> sha256 of each file). Returns what was written."""
+    index_dir = Path(index_dir)
+    names = _files_under(index_dir, skip=INDEX_META)
+    for name in names:
+        _write_durably(index_dir / name, lambda p: None)  # fsync what the writer left
+    files = {n: _sha256(index_dir / n) for n in names}
+    manifest = json.loads(json.dumps({**info, "format": FORMAT, "files": files}, default=str))
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    _write_durably(index_dir / INDEX_META, lambda p: p.write_text(text))
+    _fsync_dir(index_dir)
+    return manifest
+
+
 def _utc_now() -> time.struct_time:
     return time.gmtime()
 
@@ -197,6 +265,11 @@ def _check_version_name(version: str) -> None:
 def _is_plain_relative(name: str) -> bool:
     parts = Path(name).parts
     return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "." not in parts
+
+
+def _in_index(name: str) -> bool:
+    """True for ``index`` itself and any name under ``index/`` (reserved for the index)."""
+    return Path(name).parts[:1] == (INDEX_DIR,)
 
 
 def _content_hash(body: Mapping[str, Any]) -> str:
@@ -290,16 +363,22 @@ def load_bundle(path: str | Path) -> Bundle:
 
     Refused with a ``BundleError`` naming the file: a missing or malformed ``bundle.json``;
     a file list without ``weights.pt``; a listed file missing or with another checksum; a
-    file in the directory that is not listed; constructor arguments the model kind rejects;
-    weights that do not unpickle as plain tensors or do not fit the model.
+    file in the directory that is not listed (files under ``index/`` are listed by
+    ``index/index.json`` instead, with the same rules); constructor arguments the model kind
+    rejects; weights that do not unpickle as plain tensors or do not fit the model.
     """
     path = Path(path)
     meta = _read_meta(path)
     files = _listed_files(path, meta)
-    _check_no_unlisted_files(path, files)
+    index = _index_files(path)
+    listing = f"{META} or {INDEX_DIR}/{INDEX_META}" if index else META
+    _check_no_unlisted_files(path, {**files, **index}, listing=listing)
     for name, digest in files.items():
         if name != WEIGHTS:
             _check_checksum(path / name, digest)
+    for name, digest in index.items():
+        if name != f"{INDEX_DIR}/{INDEX_META}":
+            _check_checksum(path / name, digest, listing=f"{INDEX_DIR}/{INDEX_META}")
     weights = _read_checked(path / WEIGHTS, files[WEIGHTS])
     model = _build_model(path, meta["model"])
     _load_weights(path / WEIGHTS, weights, model)
@@ -335,7 +414,7 @@ def _listed_files(path: Path, meta: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(files, dict):
         raise BundleError(f"{meta_path}: files: missing or not an object")
     for name, digest in files.items():
-        if name == META or not _is_plain_relative(name):
+        if name == META or not _is_plain_relative(name) or _in_index(name):
             raise BundleError(f"{meta_path}: files: {name!r} is not a file of the bundle")
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise BundleError(f"{meta_path}: files.{name}: {digest!r} is not a sha256 digest")
@@ -344,28 +423,83 @@ def _listed_files(path: Path, meta: Mapping[str, Any]) -> dict[str, str]:
     return files
 
 
-def _files_under(root: Path) -> list[str]:
-    """Relative POSIX names of everything but directories under ``root`` (links not followed)."""
+def read_index_manifest(index_dir: str | Path) -> dict[str, Any]:
+    """The parsed ``index.json`` of an index directory, its ``files`` map checked for shape.
+
+    Raises ``BundleError`` naming ``index.json`` when it is missing, not JSON, of another
+    format, or lists a name that is not a plain relative file name or not a sha256.
+    """
+    meta_path = Path(index_dir) / INDEX_META
+    try:
+        manifest = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{meta_path}: no {INDEX_META}; not an index directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{meta_path}: not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{meta_path}: not an object of format {FORMAT}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"{meta_path}: files: missing or not an object")
+    for name, digest in files.items():
+        if name == INDEX_META or not _is_plain_relative(name):
+            raise BundleError(f"{meta_path}: files: {name!r} is not a file of the index")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise BundleError(f"{meta_path}: files.{name}: {digest!r} is not a sha256 digest")
+    return manifest
+
+
+def verify_index_dir(index_dir: str | Path) -> dict[str, Any]:
+    """Check an index directory like a bundle: every file listed in ``index.json`` with its
+    checksum, nothing unlisted. Returns the manifest; ``BundleError`` names the file at fault.
+    """
+    index_dir = Path(index_dir)
+    manifest = read_index_manifest(index_dir)
+    files: dict[str, str] = manifest["files"]
+    _check_no_unlisted_files(index_dir, files, listing=INDEX_META, skip=INDEX_META)
+    for name, digest in files.items():
+        _check_checksum(index_dir / name, digest, listing=INDEX_META)
+    return manifest
+
+
+def _index_files(path: Path) -> dict[str, str]:
+    """``index/<name> -> sha256`` of the bundle's index (``{}`` without one).
+
+    A symlink or a plain file named ``index`` is not an index: it stays unlisted and is refused.
+    """
+    index = path / INDEX_DIR
+    if index.is_symlink() or not index.is_dir():
+        return {}
+    files = read_index_manifest(index)["files"]
+    listed = {f"{INDEX_DIR}/{name}": digest for name, digest in files.items()}
+    return {**listed, f"{INDEX_DIR}/{INDEX_META}": ""}
+
+
+def _files_under(root: Path, skip: str = META) -> list[str]:
+    """Relative POSIX names of everything but directories under ``root`` (links not followed),
+    except the manifest ``skip`` at the top."""
     names: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel = Path(dirpath).relative_to(root)
         names += [(rel / f).as_posix() for f in filenames]
         names += [(rel / d).as_posix() for d in dirnames if (Path(dirpath) / d).is_symlink()]
-    return sorted(n for n in names if n != META)
+    return sorted(n for n in names if n != skip)
 
 
-def _check_no_unlisted_files(path: Path, files: Mapping[str, str]) -> None:
-    unlisted = [n for n in _files_under(path) if n not in files]
+def _check_no_unlisted_files(
+    path: Path, files: Mapping[str, str], listing: str = META, skip: str = META
+) -> None:
+    unlisted = [n for n in _files_under(path, skip=skip) if n not in files]
     if unlisted:
         shown = ", ".join(unlisted[:5]) + (" ..." if len(unlisted) > 5 else "")
-        raise BundleError(f"{path}: {len(unlisted)} file(s) not listed in {META}: {shown}")
+        raise BundleError(f"{path}: {len(unlisted)} file(s) not listed in {listing}: {shown}")
 
 
-def _check_checksum(file: Path, digest: str) -> None:
+def _check_checksum(file: Path, digest: str, listing: str = META) -> None:
     if file.is_symlink() or not file.is_file():
-        raise BundleError(f"{file}: listed in {META} but missing (or not a regular file)")
+        raise BundleError(f"{file}: listed in {listing} but missing (or not a regular file)")
     if _sha256(file) != digest:
-        raise BundleError(f"{file}: checksum mismatch with {META}")
+        raise BundleError(f"{file}: checksum mismatch with {listing}")
 
 
 def _read_checked(file: Path, digest: str) -> bytes:

@@ -152,6 +152,13 @@ def stage_export(cfg: PipelineConfig) -> dict[str, Any]:
     return {"bundle": str(export(cfg, p["checkpoints"], p["bundles"]))}
 
 
+def stage_index(cfg: PipelineConfig) -> dict[str, Any]:
+    """Embed ``<output_dir>/raw/items.parquet`` with the newest bundle and add its two-tier index."""
+    from recsys.retrieval.build import build_index
+
+    return {"index": str(build_index(cfg))}
+
+
 def _not_built(name: str) -> Callable[[PipelineConfig], dict[str, Any]]:
     def stage(cfg: PipelineConfig) -> dict[str, Any]:
         raise StageError(f"stage {name!r} is not built yet")
@@ -165,7 +172,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "train": stage_train,
     "export": stage_export,
     "evaluate": _not_built("evaluate"),
-    "index": _not_built("index"),
+    "index": stage_index,
 }
 PIPELINE = ("source", "prepare", "train", "export")
 
@@ -246,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", "train the configured model (TorchRec)")
     add("evaluate", "offline metrics and report (not built yet)")
     add("export", "write a versioned bundle from the best checkpoint")
-    add("index", "build the two-tier retrieval index (not built yet)")
+    add("index", "build the two-tier retrieval index into the newest bundle")
     add("serve", "run the gRPC server (not built yet)")
     pl = add("pipeline", "run source -> prepare -> train -> export")
     pl.add_argument("--stages", help=f"comma-separated subset of {','.join(PIPELINE)}")

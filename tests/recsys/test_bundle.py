@@ -129,3 +129,35 @@ def test_the_library_registers_only_production_kinds():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.split("\n")[0] == "['ranker', 'two_tower'] False"
+
+
+@pytest.mark.parametrize("name", ["index", "index/codes.faiss"])
+def test_extra_files_may_not_use_the_index_directory(tmp_path: Path, name: str):
+    with pytest.raises(BundleError, match="reserved or not a plain relative name"):
+        export_bundle(tmp_path, _model(1), KIND, KWARGS, extra_files={name: lambda p: None})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_index_added_after_export_is_verified_by_its_own_list(tmp_path: Path):
+    path = export_bundle(tmp_path, _model(1), KIND, KWARGS, version="v1")
+
+    def write(tmp: Path) -> dict:
+        (tmp / "a.bin").write_bytes(b"abc")
+        return {"kind": "test"}
+
+    index = bundle_module.write_bundle_index(path, write)
+    manifest = json.loads((index / bundle_module.INDEX_META).read_text())
+    assert manifest["files"] == {"a.bin": bundle_module._sha256(index / "a.bin")}
+    assert load_bundle(path).index_dir == index
+    (index / "a.bin").write_bytes(b"abd")
+    with pytest.raises(BundleError, match=rf"{index / 'a.bin'}: checksum mismatch"):
+        load_bundle(path)
+
+
+def test_bundle_json_may_not_list_files_under_index(tmp_path: Path):
+    path = export_bundle(tmp_path, _model(1), KIND, KWARGS, version="v1")
+    meta = json.loads((path / META).read_text())
+    meta["files"]["index/x.bin"] = "0" * 64
+    (path / META).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"files: 'index/x.bin' is not a file of the bundle"):
+        load_bundle(path)
