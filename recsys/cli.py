@@ -159,11 +159,58 @@ def stage_index(cfg: PipelineConfig) -> dict[str, Any]:
     return {"index": str(build_index(cfg))}
 
 
-def _not_built(name: str) -> Callable[[PipelineConfig], dict[str, Any]]:
-    def stage(cfg: PipelineConfig) -> dict[str, Any]:
-        raise StageError(f"stage {name!r} is not built yet")
+def stage_evaluate(
+    cfg: PipelineConfig, bundle: str | None = None, compare: str | None = None
+) -> dict[str, Any]:
+    """Offline metrics and ``report.html`` of a bundle (default: the newest under
+    ``<output_dir>/bundles``) on the test split; with ``compare``, also the paired comparison
+    against that baseline bundle and its verdict."""
+    from recsys.evaluation.evaluate import (
+        compare_bundles,
+        console_table,
+        evaluate_bundle,
+        newest_bundle,
+    )
 
-    return stage
+    p = _paths(cfg)
+    bundle_dir = Path(bundle) if bundle else newest_bundle(p["bundles"])
+    out = cfg.out / "evaluation" / bundle_dir.name
+    result = evaluate_bundle(cfg, bundle_dir, p["examples"], out)
+    print(console_table(result), file=sys.stderr)
+    summary: dict[str, Any] = {
+        "bundle": str(bundle_dir),
+        "metrics": str(out / "metrics.json"),
+        "report": result.get("report"),
+        **{
+            k: result["overall"][k]
+            for k in ("auc", "gauc", "logloss", "ne", "calibration")
+            if k in result.get("overall", {})
+        },
+    }
+    if compare:
+        verdict = compare_bundles(compare, bundle_dir, p["examples"], out / "compare")
+        summary["compare"] = {"baseline": compare, "verdict": verdict["verdict"]}
+    return summary
+
+
+# Answers a pipeline's serve check accepts: a model kind that cannot answer a call (a ranker
+# asked for embeddings) or a call whose model family is not built says so; anything else fails.
+_SERVE_CHECK_OK = {"OK", "UNIMPLEMENTED", "FAILED_PRECONDITION"}
+
+
+def stage_serve_check(cfg: PipelineConfig) -> dict[str, Any]:
+    """Start the gRPC server on a free loopback port over this pipeline's bundles, make one
+    call of each kind, stop it; fail unless every answer is one ``_SERVE_CHECK_OK`` allows and
+    at least one call succeeded."""
+    from serving.config import ServerConfig
+    from serving.smoke import smoke_check
+
+    calls = smoke_check(ServerConfig.from_pipeline(cfg))
+    codes = {name: c["code"] for name, c in calls.items() if isinstance(c, dict)}
+    bad = {name: code for name, code in codes.items() if code not in _SERVE_CHECK_OK}
+    if bad or "OK" not in codes.values():
+        raise StageError(f"serve check: unexpected answers {bad or codes}")
+    return {"calls": calls}
 
 
 STAGES: dict[str, Callable[..., dict[str, Any]]] = {
@@ -171,10 +218,11 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "prepare": stage_prepare,
     "train": stage_train,
     "export": stage_export,
-    "evaluate": _not_built("evaluate"),
+    "evaluate": stage_evaluate,
     "index": stage_index,
+    "serve_check": stage_serve_check,
 }
-PIPELINE = ("source", "prepare", "train", "export")
+PIPELINE = ("source", "prepare", "train", "export", "evaluate", "serve_check")
 
 
 def run_pipeline(
@@ -251,11 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("source", "load the configured source into <output_dir>/raw and validate it")
     add("prepare", "Spark: raw logs -> training examples + manifest")
     add("train", "train the configured model (TorchRec)")
-    add("evaluate", "offline metrics and report (not built yet)")
+    ev = add("evaluate", "offline metrics and report.html of a bundle on the test split")
+    ev.add_argument("--bundle", help="bundle directory (default: the newest under bundles/)")
+    ev.add_argument("--compare", metavar="BASELINE_BUNDLE", help="also compare with this bundle")
     add("export", "write a versioned bundle from the best checkpoint")
     add("index", "build the two-tier retrieval index into the newest bundle")
-    add("serve", "run the gRPC server (not built yet)")
-    pl = add("pipeline", "run source -> prepare -> train -> export")
+    add("serve", "run the gRPC server (configs/serving.yaml, or a pipeline config)")
+    pl = add("pipeline", "run source -> prepare -> train -> export -> evaluate -> serve_check")
     pl.add_argument("--stages", help=f"comma-separated subset of {','.join(PIPELINE)}")
     for sp in (pl, sub.choices["train"]):
         sp.add_argument(
@@ -267,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-OUR_PACKAGES = ("recsys", "spark_jobs")
+OUR_PACKAGES = ("recsys", "spark_jobs", "serving")
 # Libraries whose warnings and info lines are noise to a user of the CLI (deprecations inside
 # TorchRec/FBGEMM, py4j connection chatter); ``-v`` shows them.
 CHATTY_LIBRARIES = (
@@ -300,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_libraries()
     try:
+        if args.command == "serve":  # a server YAML is not a pipeline config: serving reads it
+            from serving.server import serve
+
+            serve(args.config, dict(args.overrides))
+            return 0
         cfg = load_config(args.config, dict(args.overrides))
         if args.command == "pipeline":
             stages = tuple(args.stages.split(",")) if args.stages else PIPELINE
@@ -315,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.config}: source.kind is {cfg.source.kind!r}, not 'simulator'"
                 )
             out = stage_source(cfg)
+        elif args.command == "evaluate":
+            out = stage_evaluate(cfg, args.bundle, args.compare)
         elif args.command == "train":
             out = stage_train(cfg, resume=not args.no_resume)
-        elif args.command == "serve":
-            raise StageError("stage 'serve' is not built yet")
         else:
             out = STAGES[args.command](cfg)
     except (ConfigError, StageError, FileNotFoundError, ValueError) as e:

@@ -23,18 +23,21 @@ check_java() {
   fi
 }
 
-install_redis() {
-  command -v redis-server >/dev/null 2>&1 && return 0
+# install_debian <command> <package> <what skips without it>
+install_debian() {
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing redis-server" >&2
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    echo "setup: installing $2" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
   else
-    echo "setup: redis-server not found and cannot install it (not root); Redis integration tests will be skipped" >&2
+    echo "setup: $1 not found and cannot install $2 (not root); $3 will be skipped" >&2
   fi
 }
 
 check_java
-install_redis
+install_debian redis-server redis-server "Redis integration tests"
+# headless Chromium renders the evaluation report in its test (screenshot, images present)
+install_debian chromium chromium "the report rendering test"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   exit 0

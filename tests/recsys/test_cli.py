@@ -2,8 +2,10 @@
 
 import json
 import logging
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -55,9 +57,32 @@ def test_unknown_pipeline_stage_is_refused(capsys) -> None:
     assert "unknown ['nope']" in capsys.readouterr().err
 
 
-def test_stages_not_built_yet_say_so_plainly(capsys) -> None:
-    assert main(["serve", "--config", str(ROOT / "configs/simulated.yaml")]) == 2
-    assert "not built yet" in capsys.readouterr().err
+def test_serve_reads_its_config_and_names_a_bad_key(capsys) -> None:
+    code = main(["serve", "--config", str(ROOT / "configs/serving.yaml"), "--set", "port=-1"])
+    assert code == 2
+    assert "configs/serving.yaml: port: Input should be greater than or equal to 0" in (
+        capsys.readouterr().err
+    )
+
+
+def test_serve_runs_until_sigterm_and_then_exits_cleanly(tmp_path: Path) -> None:
+    sets = ["port=0", f"embedder_bundles={tmp_path}", "items=null", "users=null"]
+    cmd = [sys.executable, "-m", "recsys.cli", "serve", "--config", "configs/serving.yaml"]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "recsys serving on 127.0.0.1:" not in line:  # waits for the bind, not a speed claim
+            assert time.monotonic() < deadline, "server did not start"
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, f"server exited with {proc.returncode}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_overrides_reach_the_config() -> None:

@@ -1,0 +1,187 @@
+"""A small typed client of ``recsys.v1.RecsysService`` (synchronous, one channel).
+
+with RecsysClient("127.0.0.1:50051", token="...") as client:
+    got = client.get_embeddings("item", ["i1", "i2"])    # got.vectors: (2, D) float32
+    probs = client.score("u1", ["i1", "i2"]).probabilities
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+import numpy as np
+
+from serving.protos_gen import recsys_pb2 as pb
+from serving.protos_gen import recsys_pb2_grpc as pb_grpc
+
+# Every RPC is a read, so retrying is safe: a call that meets a connection being reset (a
+# worker process restarting, a server draining) is retried on another connection.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "recsys.v1.RecsysService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def decode_matrix(m: pb.FloatMatrix) -> np.ndarray:
+    """FloatMatrix -> float32 array of its shape (checks dtype and size)."""
+    if m.dtype != "<f4":
+        raise ValueError(f"FloatMatrix.dtype {m.dtype!r}: only '<f4' is supported")
+    shape = tuple(int(d) for d in m.shape)
+    values = np.frombuffer(m.data, dtype="<f4")
+    if values.size != int(np.prod(shape)):
+        raise ValueError(f"FloatMatrix: {values.size} values for shape {shape}")
+    return values.reshape(shape).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """``vectors``: ``(N, D)`` float32 (zeros where not found); ``found``: ``(N,)`` bool."""
+
+    vectors: np.ndarray
+    found: np.ndarray
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Scores:
+    """``probabilities``: ``(N,)`` float32 (NaN where not found); ``found``: ``(N,)`` bool."""
+
+    probabilities: np.ndarray
+    found: np.ndarray
+    model_version: str
+
+
+def user_features(
+    history: Sequence[str] = (),
+    concepts: Sequence[str] = (),
+    attributes: Mapping[str, str] | None = None,
+) -> pb.UserFeatures:
+    return pb.UserFeatures(
+        history=list(history), concepts=list(concepts), attributes=dict(attributes or {})
+    )
+
+
+class RecsysClient:
+    """Typed calls on one channel. ``token``: bearer token; ``root_cert``: PEM bytes for TLS;
+    ``timeout``: default deadline (s) of every call; ``options``: extra channel options."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        root_cert: bytes | None = None,
+        timeout: float = 5.0,
+        max_message_bytes: int = 16 << 20,
+        options: Sequence[tuple[str, object]] = (),
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.service_config", RETRY_SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            # reconnect soon after a reset, so that the retries above meet a live server
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            *options,
+        ]
+        if root_cert is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_cert)
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.RecsysServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RecsysClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _kw(self, timeout: float | None) -> dict[str, object]:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata}
+
+    def get_embeddings(
+        self, kind: str, ids: Sequence[str], *, timeout: float | None = None
+    ) -> Embeddings:
+        r = self.stub.GetEmbeddings(
+            pb.GetEmbeddingsRequest(kind=kind, ids=list(ids)), **self._kw(timeout)
+        )
+        return Embeddings(decode_matrix(r.embeddings), np.array(r.found, bool), r.model_version)
+
+    def embed_user(
+        self,
+        user_id: str = "",
+        features: pb.UserFeatures | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Embeddings:
+        request = pb.EmbedUserRequest(user_id=user_id)
+        if features is not None:
+            request.features.CopyFrom(features)
+        r = self.stub.EmbedUser(request, **self._kw(timeout))
+        return Embeddings(decode_matrix(r.embedding), np.array([r.found]), r.model_version)
+
+    def score(
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        *,
+        features: pb.UserFeatures | None = None,
+        ts_ms: int = 0,
+        dense: Mapping[str, float] | None = None,
+        attributes: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Scores:
+        request = pb.ScoreRequest(
+            user_id=user_id,
+            item_ids=list(item_ids),
+            context=pb.Context(
+                ts_ms=ts_ms, dense=dict(dense or {}), attributes=dict(attributes or {})
+            ),
+        )
+        if features is not None:
+            request.user_features.CopyFrom(features)
+        r = self.stub.Score(request, **self._kw(timeout))
+        return Scores(
+            np.array(r.probabilities, np.float32), np.array(r.found, bool), r.model_version
+        )
+
+    def retrieve(
+        self, user_id: str, k: int, *, timeout: float | None = None
+    ) -> pb.RetrieveResponse:
+        return self.stub.Retrieve(pb.RetrieveRequest(user_id=user_id, k=k), **self._kw(timeout))
+
+    def explain(
+        self, user_id: str, item_id: str, *, timeout: float | None = None
+    ) -> pb.ExplainResponse:
+        return self.stub.Explain(
+            pb.ExplainRequest(user_id=user_id, item_id=item_id), **self._kw(timeout)
+        )

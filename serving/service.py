@@ -1,0 +1,280 @@
+"""The ``recsys.v1.RecsysService`` servicer: request checks, tiers, compute off the loop.
+
+Every RPC takes the current bundle once, at its start, and answers wholly from it (the
+response names its version). Bad requests are ``INVALID_ARGUMENT`` naming the field; model
+work runs in a thread pool under the call's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pandas as pd
+
+from recsys.bundle import Bundle
+from recsys.features.sparse_rule import FeatureRuleError
+from recsys.features.spec import FeatureSpec
+from serving.cache import EmbeddingStore
+from serving.config import ServerConfig
+from serving.features import Catalogue, rank_probabilities, score_table, user_frame
+from serving.metrics import ServerMetrics
+from serving.protos_gen import recsys_pb2 as pb
+from serving.protos_gen import recsys_pb2_grpc as pb_grpc
+from serving.registry import BundleRegistry, NoBundleError
+
+DTYPE = "<f4"
+KINDS = ("item", "user")
+T = TypeVar("T")
+
+
+class RequestError(Exception):
+    """Ends an RPC with ``code`` and ``message`` (the message names the field at fault)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def matrix(values: np.ndarray) -> pb.FloatMatrix:
+    """``(N, D)`` float32 -> FloatMatrix of little-endian bytes."""
+    values = np.ascontiguousarray(values, dtype=DTYPE)
+    return pb.FloatMatrix(data=values.tobytes(), shape=list(values.shape), dtype=DTYPE)
+
+
+def check_ids(field: str, ids: Sequence[str], cap: int) -> None:
+    if len(ids) > cap:
+        raise invalid(f"{field}: {len(ids)} ids, at most {cap} per call")
+    for n, entity_id in enumerate(ids):
+        if not entity_id.strip(" "):
+            raise invalid(f"{field}[{n}]: empty id")
+
+
+def rpc(name: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Count and time an RPC; turn ``RequestError`` / missing bundles into status codes."""
+
+    def wrap(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(method)
+        async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+            start, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                return await method(self, request, context)
+            except RequestError as e:
+                code = e.code
+                await context.abort(e.code, e.message)
+            except NoBundleError as e:
+                code = grpc.StatusCode.UNAVAILABLE
+                await context.abort(code, str(e))
+            except TimeoutError:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                await context.abort(code, f"{name}: deadline exceeded while computing")
+            except FeatureRuleError as e:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await context.abort(code, f"features: {e}")
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                raise
+            finally:
+                self.metrics.requests.labels(method=name, code=code.name).inc()
+                self.metrics.latency.labels(method=name).observe(time.perf_counter() - start)
+            raise AssertionError("unreachable: abort raises")
+
+        return handler
+
+    return wrap
+
+
+class Servicer(pb_grpc.RecsysServiceServicer):
+    """Answers from ``embedder`` (two-tower) and ``ranker`` registries (either may be None)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        embedder: BundleRegistry | None,
+        ranker: BundleRegistry | None,
+        catalogues: dict[str, Catalogue],
+        store: EmbeddingStore,
+        pool: ThreadPoolExecutor,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.config, self.embedder, self.ranker = config, embedder, ranker
+        self.catalogues, self.store, self.pool, self.metrics = catalogues, store, pool, metrics
+        self._specs: dict[str, FeatureSpec] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the compute pool, bounded by the call's remaining deadline."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError
+        future = asyncio.get_running_loop().run_in_executor(self.pool, fn)
+        return await asyncio.wait_for(future, timeout=remaining)
+
+    def _bundle(self, registry: BundleRegistry | None, what: str) -> Bundle:
+        if registry is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"{what}: no bundle root configured"
+            )
+        return registry.current
+
+    def _compute_fn(
+        self, context: grpc.aio.ServicerContext, bundle: Bundle, kind: str
+    ) -> Callable[[Sequence[str]], Awaitable[list[np.ndarray | None]]]:
+        catalogue = self.catalogues.get(kind)
+
+        def embed(ids: Sequence[str]) -> list[np.ndarray | None]:
+            if catalogue is None:
+                return [None] * len(ids)
+            rows, found = catalogue.rows(ids)
+            vectors = iter(bundle.embed(kind, rows) if len(rows) else [])
+            return [next(vectors) if f else None for f in found]
+
+        async def compute(ids: Sequence[str]) -> list[np.ndarray | None]:
+            return await self._run(context, lambda: embed(ids))
+
+        return compute
+
+    def _spec(self, bundle: Bundle) -> FeatureSpec:
+        """The feature spec ``bundle``'s model was built with (from its bundle.json)."""
+        spec = self._specs.get(bundle.version)
+        if spec is None:
+            spec = FeatureSpec.from_dict(bundle.meta["model"]["kwargs"]["spec"])
+            self._specs = {bundle.version: spec}  # only the current version's is kept
+        return spec
+
+    def _request_user(self, user_id: str, features: pb.UserFeatures) -> pd.DataFrame:
+        for n, item in enumerate(features.history):
+            if not item.strip(" "):
+                raise invalid(f"features.history[{n}]: empty item id")
+        return user_frame(
+            user_id, list(features.history), list(features.concepts), dict(features.attributes)
+        )
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    @rpc("GetEmbeddings")
+    async def GetEmbeddings(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetEmbeddingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEmbeddingsResponse:
+        if request.kind not in KINDS:
+            raise invalid(f"kind: {request.kind!r}, expected one of {list(KINDS)}")
+        ids = list(request.ids)
+        check_ids("ids", ids, self.config.max_ids_per_call)
+        bundle = self._bundle(self.embedder, "GetEmbeddings")
+        compute = self._compute_fn(context, bundle, request.kind)
+        vectors = await self.store.get(bundle.version, request.kind, ids, compute)
+        out = np.zeros((len(ids), bundle.model.tower_dim), dtype=np.float32)
+        for n, v in enumerate(vectors):
+            if v is not None:
+                out[n] = v
+        return pb.GetEmbeddingsResponse(
+            embeddings=matrix(out),
+            found=[v is not None for v in vectors],
+            model_version=bundle.version,
+        )
+
+    @rpc("EmbedUser")
+    async def EmbedUser(  # noqa: N802
+        self, request: pb.EmbedUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedUserResponse:
+        bundle = self._bundle(self.embedder, "EmbedUser")
+        dim = bundle.model.tower_dim
+        if request.HasField("features"):
+            frame = self._request_user(request.user_id, request.features)
+            vector = (await self._run(context, lambda: bundle.embed("user", frame)))[0]
+        else:
+            if not request.user_id.strip(" "):
+                raise invalid("user_id: required when features are absent")
+            compute = self._compute_fn(context, bundle, "user")
+            vector = (await self.store.get(bundle.version, "user", [request.user_id], compute))[0]
+        found = vector is not None
+        embedding = np.zeros((1, dim), np.float32) if vector is None else vector[None, :]
+        return pb.EmbedUserResponse(
+            embedding=matrix(embedding), model_version=bundle.version, found=found
+        )
+
+    @rpc("Score")
+    async def Score(  # noqa: N802
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScoreResponse:
+        if request.explain:
+            raise RequestError(
+                grpc.StatusCode.UNIMPLEMENTED, "explain: explanations need SESA (not built yet)"
+            )
+        item_ids = list(request.item_ids)
+        if not item_ids:
+            raise invalid("item_ids: at least one candidate is needed")
+        check_ids("item_ids", item_ids, self.config.max_candidates)
+        bundle = self._bundle(self.ranker, "Score")
+        if getattr(bundle.model, "num_match", 0):
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"ranker {bundle.version} reads match features, which are not served yet",
+            )
+        user = self._score_user(request)
+        items_catalogue = self.catalogues.get("item")
+        if items_catalogue is None:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, "Score: no item catalogue")
+        ctx = request.context
+        ts_ms = ctx.ts_ms or int(time.time() * 1000)
+        spec = self._spec(bundle)
+
+        def score() -> tuple[np.ndarray, list[bool]]:
+            items, found = items_catalogue.rows(item_ids)
+            probs = np.full(len(item_ids), math.nan, dtype=np.float32)
+            if len(items):
+                table = score_table(spec, user, items, ts_ms, dict(ctx.attributes), dict(ctx.dense))
+                probs[np.flatnonzero(found)] = rank_probabilities(bundle.model, spec, table)
+            return probs, found
+
+        probs, found = await self._run(context, score)
+        return pb.ScoreResponse(
+            probabilities=probs.tolist(), found=found, model_version=bundle.version
+        )
+
+    def _score_user(self, request: pb.ScoreRequest) -> pd.DataFrame:
+        if request.HasField("user_features"):
+            return self._request_user(request.user_id, request.user_features)
+        users = self.catalogues.get("user")
+        if not request.user_id.strip(" "):
+            raise invalid("user_id: required when user_features are absent")
+        if users is None or request.user_id not in users:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"user_id {request.user_id!r}: unknown and no user_features given",
+            )
+        return users.rows([request.user_id])[0]
+
+    @rpc("Retrieve")
+    async def Retrieve(  # noqa: N802
+        self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RetrieveResponse:
+        if request.k > self.config.max_k:
+            raise invalid(f"k: {request.k}, at most {self.config.max_k}")
+        raise RequestError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Retrieve: the two-tier retrieval index is not served yet (recsys/retrieval)",
+        )
+
+    @rpc("Explain")
+    async def Explain(  # noqa: N802
+        self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainResponse:
+        raise RequestError(
+            grpc.StatusCode.UNIMPLEMENTED, "Explain: needs the SESA concept model (not built yet)"
+        )
