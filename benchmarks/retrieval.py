@@ -21,10 +21,21 @@ touched but are file pages the kernel can drop and reread).
 Then progressive optimisation, with vs without, over seeds 0-2 on a synthetic next-item task
 (``progressive_task``): recall@50 of two-tier search for held-out users.
 
+Then the simulated world (``configs/simulated.yaml`` as a two-tower model, ``--sim-users``
+users over ``--sim-days`` days, no media): source and Spark prepare once, a two-tower trained
+``--sim-epochs`` epochs and exported per seed 0-2. Per seed, on the test split's clicks (user
+vector from the row's ``s_*`` history, ``Bundle.embed("user", rows)``; the clicked item's
+``Bundle.embed("item", raw items)`` row), recall@50 of exact search, of two-tier search
+(``--sim-shortlist`` candidates) without progressive optimisation, with it at the synthetic
+task's settings fixed beforehand, and with the settings of a small grid that score best on the
+VALID split's clicks. Last, the methods above side by side on seed 0's trained catalogue, with
+test-split user vectors as queries.
+
 Usage::
 
-    .venv/bin/python benchmarks/retrieval.py --quick     # 100k x 128, ~3 min on 2 cores
-    .venv/bin/python benchmarks/retrieval.py             # 1M x 128
+    .venv/bin/python benchmarks/retrieval.py --quick     # 100k x 128, sim 300 users x 10 days; 2 min
+    .venv/bin/python benchmarks/retrieval.py --out F     # 1M x 128, sim 2000 users x 21 days; 11 min
+    .venv/bin/python benchmarks/retrieval.py --sections simulated --out F   # one section
 
 A full run without ``--out`` refuses to replace ``benchmarks/results/retrieval.json``.
 """
@@ -136,7 +147,7 @@ def _measure(method: str, data_dir: Path, threads: int, shortlist: int) -> dict:
         index = faiss.read_index(str(data_dir / f"{method}.faiss"))
         if method == "hnsw":
             faiss.downcast_index(index).hnsw.efSearch = 256
-        if method == "ivfpq":
+        if method == "ivfpq" and _has_ivf(index):  # below ivf_min_items tier 1 is flat PQ
             faiss.extract_index_ivf(index).nprobe = max(
                 1, faiss.extract_index_ivf(index).nlist // 8
             )
@@ -172,6 +183,16 @@ def _measure(method: str, data_dir: Path, threads: int, shortlist: int) -> dict:
         "rss_after_search_bytes": rss_bytes() - base,
         "rss_anon_after_search_bytes": rss_bytes("RssAnon") - base_anon,
     }
+
+
+def _has_ivf(index: object) -> bool:
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _run_child(
@@ -235,6 +256,163 @@ def progressive_task(seed: int, items: int, users: int, dim: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# the simulated world: a trained two-tower model, its catalogue, its next-item task
+
+SIM_CONFIG = ROOT / "configs" / "simulated.yaml"
+SIM_K = 50
+# Progressive settings fixed before any simulated run (the synthetic task's, with negatives
+# drawn from the same shortlist size the two-tier search serves with: a smaller training
+# shortlist leaves the items ranked between the two never pushed down, and they rise) ...
+SIM_PROGRESSIVE = {"epochs": 5, "negatives": 32, "lr": 0.02}
+# ... and a small grid, one of which is chosen per seed by recall on the VALID split.
+SIM_GRID = [
+    {"epochs": epochs, "negatives": 32, "lr": lr, "l2": l2}
+    for lr in (0.002, 0.02)
+    for l2 in (0.1, 10.0)
+    for epochs in (1, 5)
+]
+
+
+def train_simulated(
+    workdir: Path, seeds: list[int], users: int, days: int, epochs: int
+) -> tuple[Path, dict[int, Path]]:
+    """The simulated world (``configs/simulated.yaml``, ``users`` users over ``days`` days, no
+    media) through source and Spark prepare once, then a two-tower model trained and exported
+    per seed (``train.seed``). Returns ``(run dir, {seed: bundle dir})``."""
+    from recsys.cli import run_pipeline
+    from recsys.config import load_config
+
+    sets: dict[str, object] = {
+        "output_dir": str(workdir / "run"),
+        "simulator.num_users": users,
+        "simulator.days": days,
+        "simulator.with_media": False,
+        "spark.master": "local[2]",
+        "spark.shuffle_partitions": 2,
+        "model.kind": "two_tower",
+        "train.epochs": epochs,
+        "train.progress": False,
+    }
+    run_pipeline(load_config(SIM_CONFIG, sets), ("source", "prepare"))
+    bundles = {}
+    for seed in seeds:
+        cfg = load_config(SIM_CONFIG, {**sets, "train.seed": seed})
+        summary = run_pipeline(cfg, ("train", "export"), resume=False)
+        bundles[seed] = Path(summary["stages"]["export"]["bundle"])
+    return workdir / "run", bundles
+
+
+def _examples(run_dir: Path, split: str) -> "pd.DataFrame":  # noqa: F821, UP037
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(
+        run_dir / "examples", format="parquet", partitioning="hive", exclude_invalid_files=True
+    ).to_table()
+    rows = table.to_pandas()
+    return rows[rows.split == split].reset_index(drop=True)
+
+
+def _embed(bundle: object, kind: str, frame: "pd.DataFrame") -> np.ndarray:  # noqa: F821, UP037
+    parts = [bundle.embed(kind, frame.iloc[i : i + 4096]) for i in range(0, len(frame), 4096)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def simulated_task(run_dir: Path, bundle_dir: Path) -> dict:
+    """The next-item task of one trained bundle: catalogue ``ids (n,)`` and ``items (n, d)``
+    (``Bundle.embed("item", raw items)``); per split (``train``, ``test``) the clicked rows'
+    user vectors ``(P, d)`` (``Bundle.embed("user", rows)``, their ``s_*`` history at that
+    time) and the clicked item's catalogue row ``(P,)``."""
+    import pandas as pd
+
+    from recsys.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    raw = pd.read_parquet(run_dir / "raw" / "items.parquet")
+    ids = raw.item_id.astype(str).to_numpy()
+    row_of = {item: r for r, item in enumerate(ids)}
+    task = {"ids": ids, "items": _embed(bundle, "item", raw)}
+    for split in ("train", "valid", "test"):
+        rows = _examples(run_dir, split)
+        rows = rows[(rows.label > 0.5) & rows.item_id.astype(str).isin(row_of)]
+        task[split] = (
+            _embed(bundle, "user", rows.reset_index(drop=True)),
+            rows.item_id.astype(str).map(row_of).to_numpy(dtype=np.int64),
+        )
+    return task
+
+
+def simulated_progressive(task: dict, seed: int, shortlist: int) -> dict:
+    """Recall@50 on the test split's clicks: exact search of the trained vectors, two-tier
+    (tier-1 seed ``seed``, ``shortlist`` candidates) without progressive optimisation, with it
+    at the fixed ``SIM_PROGRESSIVE`` settings, and with the ``SIM_GRID`` settings that score
+    best on the valid split's clicks; all trained on the train split's clicks (seed ``seed``)."""
+    from recsys.retrieval.compact import TierOneConfig
+    from recsys.retrieval.progressive import ProgressiveConfig, progressive_optimise
+    from recsys.retrieval.two_tier import TwoTierIndex
+
+    index = TwoTierIndex.build(task["items"], task["ids"], TierOneConfig(seed=seed))
+
+    def recall(ix: TwoTierIndex, split: str) -> float:
+        users, positives = task[split]
+        hits = ix.search(users, k=SIM_K, shortlist=shortlist)
+        wanted = task["ids"][positives]
+        return float(np.mean([w in h.ids for h, w in zip(hits, wanted, strict=True)]))
+
+    def tune(settings: dict) -> tuple[TwoTierIndex, float]:
+        t0 = time.perf_counter()
+        config = ProgressiveConfig(seed=seed, shortlist=shortlist, **settings)
+        tuned = progressive_optimise(index, *task["train"], config)
+        return tuned, time.perf_counter() - t0
+
+    fixed, train_s = tune(SIM_PROGRESSIVE)
+    valid = []
+    for settings in SIM_GRID:
+        valid.append((recall(tune(settings)[0], "valid"), settings))
+    best_valid, best = max(valid, key=lambda v: v[0])
+    users, positives = task["test"]
+    top = np.argpartition(-(users @ task["items"].T), SIM_K, axis=1)[:, :SIM_K]
+    return {
+        "seed": seed,
+        "exact": float(np.mean([p in t for p, t in zip(positives, top, strict=True)])),
+        "without": recall(index, "test"),
+        "with": recall(fixed, "test"),
+        "with_selected": recall(tune(best)[0], "test"),
+        "selected": best,
+        "valid_without": recall(index, "valid"),
+        "train_without": recall(index, "train"),
+        "train_with": recall(fixed, "train"),
+        "valid_selected": best_valid,
+        "train_s": train_s,
+        "train_pairs": len(task["train"][1]),
+        "test_pairs": len(positives),
+    }
+
+
+def compare_methods(
+    items: np.ndarray, queries: np.ndarray, args: argparse.Namespace, shortlists: list[int]
+) -> list[dict]:
+    """Exact, HNSW, tier 1 alone and two-tier per shortlist on ``items (n, d)``, each built
+    and measured in child processes; ground truth the exact top ``K``."""
+    import faiss
+
+    exact = faiss.IndexFlatIP(items.shape[1])
+    exact.add(items)
+    truth = exact.search(queries, K)[1]
+    del exact
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="retrieval-bench-") as tmp:
+        data = Path(tmp)
+        for name, array in (("items", items), ("queries", queries), ("truth", truth)):
+            np.save(data / f"{name}.npy", array)
+        plan = [("exact", 0), ("hnsw", 0), ("ivfpq", 0)] + [("two_tier", n) for n in shortlists]
+        for method, n in plan:
+            t0 = time.perf_counter()
+            built = _run_child("build", method, data, args, n)
+            rows.append({**_run_child("measure", method, data, args, n), **built})
+            print(
+                f"# {method}{f' N={n}' if n else ''}: {time.perf_counter() - t0:.0f} s", flush=True
+            )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,6 +426,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prog-items", type=int, default=100_000)
     p.add_argument("--prog-users", type=int, default=8000)
+    p.add_argument("--sim-users", type=int, default=2000, help="simulated world's users")
+    p.add_argument("--sim-days", type=int, default=21)
+    p.add_argument("--sim-epochs", type=int, default=2, help="two-tower training epochs")
+    p.add_argument("--sim-shortlist", type=int, default=200, help="two-tier N on the catalogue")
+    p.add_argument(
+        "--sections",
+        default="synthetic,progressive,simulated",
+        help="comma-separated subset of synthetic,progressive,simulated",
+    )
     p.add_argument("--out", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -265,36 +452,42 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.items, args.queries, args.shortlists = 100_000, 1000, "1000"
         args.prog_items, args.prog_users = 20_000, 2000
+        args.sim_users, args.sim_days = 300, 10
+    sections = set(args.sections.split(","))
     out = output_path("retrieval", args.quick, args.out)
-    shortlists = [int(s) for s in args.shortlists.split(",")]
-    print(f"# retrieval: {args.items} x {args.dim} clustered unit vectors, {args.queries} queries")
-    print(f"# seed {args.seed}, faiss threads {args.threads}, k {K}, shortlists {shortlists}")
     print(f"# host: {describe_host()}")
     import faiss
     import torch
 
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    items, queries = make_data(args.items, args.queries, args.dim, args.seed)
-    exact = faiss.IndexFlatIP(args.dim)
-    exact.add(items)
-    truth = exact.search(queries, K)[1]
-    del exact
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="retrieval-bench-") as tmp:
-        data = Path(tmp)
-        for name, array in (("items", items), ("queries", queries), ("truth", truth)):
-            np.save(data / f"{name}.npy", array)
+    result: dict = {
+        "command": command_line("retrieval.py", argv),
+        "host": describe_host(),
+        "python": platform.python_version(),
+        "k": K,
+        "threads": args.threads,
+        "seed": args.seed,
+    }
+    if "synthetic" in sections:
+        shortlists = [int(s) for s in args.shortlists.split(",")]
+        print(f"# {args.items} x {args.dim} clustered unit vectors, {args.queries} queries")
+        print(f"# seed {args.seed}, faiss threads {args.threads}, k {K}, shortlists {shortlists}")
+        items, queries = make_data(args.items, args.queries, args.dim, args.seed)
+        rows = compare_methods(items, queries, args, shortlists)
         del items
-        plan = [("exact", 0), ("hnsw", 0), ("ivfpq", 0)] + [("two_tier", n) for n in shortlists]
-        for method, n in plan:
-            t0 = time.perf_counter()
-            built = _run_child("build", method, data, args, n)
-            rows.append({**_run_child("measure", method, data, args, n), **built})
-            print(
-                f"# {method}{f' N={n}' if n else ''}: {time.perf_counter() - t0:.0f} s", flush=True
-            )
-    _print_table(rows)
+        _print_table(rows)
+        result.update(
+            {"items": args.items, "dim": args.dim, "queries": args.queries, "results": rows}
+        )
+    if "progressive" in sections:
+        result["progressive"] = _synthetic_progressive(args)
+    if "simulated" in sections:
+        result["simulated"] = _simulated(args)
+    write_result(out, result)
+
+
+def _synthetic_progressive(args: argparse.Namespace) -> dict:
     progressive = [
         progressive_task(seed, args.prog_items, args.prog_users, 32) for seed in (0, 1, 2)
     ]
@@ -304,29 +497,79 @@ def main(argv: list[str] | None = None) -> None:
     for r in progressive:
         print(f"{r['seed']:>4}{r['without']:>14.3f}{r['with']:>11.3f}{r['train_s']:>9.1f}")
     print(f"# gain {np.mean(gains):+.3f} +- {np.std(gains):.3f} (mean +- std over 3 seeds)")
-    write_result(
-        out,
-        {
-            "command": command_line("retrieval.py", argv),
-            "host": describe_host(),
-            "python": platform.python_version(),
-            "items": args.items,
-            "dim": args.dim,
-            "queries": args.queries,
-            "k": K,
-            "threads": args.threads,
-            "seed": args.seed,
-            "results": rows,
-            "progressive": {
-                "task": "synthetic next item: hidden-direction best of the 200 nearest",
-                "items": args.prog_items,
-                "users": args.prog_users,
-                "runs": progressive,
-                "gain_mean": float(np.mean(gains)),
-                "gain_std": float(np.std(gains)),
-            },
-        },
+    return {
+        "task": "synthetic next item: hidden-direction best of the 200 nearest",
+        "items": args.prog_items,
+        "users": args.prog_users,
+        "runs": progressive,
+        "gain_mean": float(np.mean(gains)),
+        "gain_std": float(np.std(gains)),
+    }
+
+
+def _simulated(args: argparse.Namespace) -> dict:
+    """Train two-towers on the simulated world (seeds 0-2), then progressive optimisation with
+    vs without on its next-item task, and the methods compared on seed 0's catalogue."""
+    seeds = [0, 1, 2]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="retrieval-sim-") as tmp:
+        run_dir, bundles = train_simulated(
+            Path(tmp), seeds, args.sim_users, args.sim_days, args.sim_epochs
+        )
+        pipeline_s = time.perf_counter() - t0
+        tasks = {seed: simulated_task(run_dir, bundles[seed]) for seed in seeds}
+    runs = [simulated_progressive(tasks[s], s, args.sim_shortlist) for s in seeds]
+    gains = [r["with"] - r["without"] for r in runs]
+    selected = [r["with_selected"] - r["without"] for r in runs]
+    n, d = tasks[0]["items"].shape
+    print(f"# simulated world ({args.sim_users} users, {args.sim_days} days): {n} x {d} items,")
+    print(f"# two-tower {args.sim_epochs} epochs per seed; pipeline {pipeline_s:.0f} s")
+    print(f"# test-split clicks, recall@{SIM_K}; two-tier N = {args.sim_shortlist}")
+    print(
+        f"{'seed':>4}{'exact':>8}{'without':>9}{'with':>8}{'with (valid-selected)':>23}"
+        f"{'train s':>9}{'pairs':>8}"
     )
+    for r in runs:
+        print(
+            f"{r['seed']:>4}{r['exact']:>8.3f}{r['without']:>9.3f}{r['with']:>8.3f}"
+            f"{r['with_selected']:>23.3f}{r['train_s']:>9.1f}{r['train_pairs']:>8}"
+        )
+        print(
+            f"#   seed {r['seed']}: selected on valid {r['selected']}; train-split recall "
+            f"{r['train_without']:.3f} without, {r['train_with']:.3f} with (fixed)"
+        )
+    print(f"# gain, fixed settings: {np.mean(gains):+.3f} +- {np.std(gains):.3f} (mean +- std)")
+    print(f"# gain, valid-selected: {np.mean(selected):+.3f} +- {np.std(selected):.3f}")
+    users = tasks[0]["test"][0]
+    queries = users[np.random.default_rng(args.seed).permutation(len(users))[: args.queries]]
+    print(f"# trained catalogue (seed 0): {n} x {d}, {len(queries)} test-split user queries")
+    rows = compare_methods(
+        tasks[0]["items"], np.ascontiguousarray(queries), args, [args.sim_shortlist]
+    )
+    _print_table(rows)
+    return {
+        "world": {
+            "users": args.sim_users,
+            "days": args.sim_days,
+            "config": "configs/simulated.yaml",
+        },
+        "model": {"kind": "two_tower", "epochs": args.sim_epochs, "seeds": seeds},
+        "items": n,
+        "dim": d,
+        "pipeline_s": pipeline_s,
+        "progressive": {
+            "task": f"test-split clicks: clicked item in the top {SIM_K}",
+            "shortlist": args.sim_shortlist,
+            "config": SIM_PROGRESSIVE,
+            "grid": SIM_GRID,
+            "runs": runs,
+            "gain_mean": float(np.mean(gains)),
+            "gain_std": float(np.std(gains)),
+            "selected_gain_mean": float(np.mean(selected)),
+            "selected_gain_std": float(np.std(selected)),
+        },
+        "catalogue": {"queries": len(queries), "results": rows},
+    }
 
 
 def _print_table(rows: list[dict]) -> None:

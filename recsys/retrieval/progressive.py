@@ -32,7 +32,10 @@ class ProgressiveConfig:
     Attributes:
         enabled: off returns the index unchanged.
         epochs: passes over the training pairs.
-        shortlist: tier-1 candidates per user from which negatives are drawn.
+        shortlist: tier-1 candidates per user from which negatives are drawn; ``None``
+            (default) is the index's ``default_shortlist``, the ``N`` it serves with. A
+            smaller one never pushes down the items ranked between the two, and they rise
+            (measured on the simulated world: train-split recall@50 fell 0.40 -> 0.19).
         negatives: negatives sampled per pair from that shortlist.
         batch_size: pairs per step.
         lr: Adam learning rate.
@@ -43,7 +46,7 @@ class ProgressiveConfig:
 
     enabled: bool = True
     epochs: int = 3
-    shortlist: int = 100
+    shortlist: int | None = None
     negatives: int = 16
     batch_size: int = 256
     lr: float = 0.01
@@ -55,12 +58,12 @@ class ProgressiveConfig:
 def tier_one_negatives(
     index: TwoTierIndex, users: np.ndarray, positives: np.ndarray, config: ProgressiveConfig
 ) -> np.ndarray:
-    """``(P, negatives)`` int64 rows drawn (seeded) from each user's tier-1 shortlist without
-    its positive; a shortlist with too few rows is topped up by repeating its rows."""
+    """``(P, negatives)`` int64 rows drawn (seeded) from each user's tier-1 shortlist (of
+    ``config.shortlist`` rows, default the index's) without its positive; a shortlist with too
+    few rows is topped up by repeating its rows."""
     rng = np.random.default_rng(config.seed)
-    candidates = index.shortlist(
-        users, [config.shortlist] * len(users), [np.array([p]) for p in positives]
-    )
+    size = index.default_shortlist if config.shortlist is None else config.shortlist
+    candidates = index.shortlist(users, [size] * len(users), [np.array([p]) for p in positives])
     out = np.empty((len(users), config.negatives), dtype=np.int64)
     for i, (rows, _) in enumerate(candidates):
         if rows.size == 0:  # a catalogue of only the positive: contrast with itself, no signal

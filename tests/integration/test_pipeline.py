@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -46,7 +47,8 @@ def _scores(bundle: Bundle, examples: Path, split: str) -> tuple[np.ndarray, np.
 
 def _check_run(out: Path) -> dict:
     summary = json.loads((out / "pipeline.json").read_text())
-    assert list(summary["stages"]) == ["source", "prepare", "train", "export"]
+    stages = ["source", "prepare", "train", "export", "evaluate", "serve_check"]
+    assert list(summary["stages"]) == stages
     manifest = json.loads((out / "examples" / "manifest.json").read_text())
     spec = FeatureSpec.from_manifest(manifest)
     test = read_split(out / "examples", "test")
@@ -58,7 +60,18 @@ def _check_run(out: Path) -> dict:
     logits, _ = _scores(bundle, out / "examples", "test")
     assert np.isfinite(logits).all() and logits.std() > 0
     _check_bundle_scores_give_the_trainers_valid_auc(bundle, out / "examples", summary)
+    _check_evaluation_and_serving(summary, logits, test.column("label").to_numpy())
     return summary
+
+
+def _check_evaluation_and_serving(summary: dict, test_logits: np.ndarray, labels: np.ndarray):
+    """The evaluate stage's test AUC is the AUC of the bundle's own test scores; its report
+    exists; the served ranker answered a Score call."""
+    evaluation = summary["stages"]["evaluate"]
+    assert evaluation["auc"] == pytest.approx(roc_auc_score(labels, test_logits), abs=1e-6)
+    assert Path(evaluation["report"]).is_file()
+    calls = summary["stages"]["serve_check"]["calls"]
+    assert calls["Score"]["code"] == "OK" and calls["Score"]["model_version"]
 
 
 def _check_bundle_scores_give_the_trainers_valid_auc(

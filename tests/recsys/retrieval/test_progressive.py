@@ -41,6 +41,19 @@ def test_negatives_come_from_the_tier_one_shortlist_and_never_the_positive():
         assert set(neg.tolist()) <= set(rows.tolist())
 
 
+def test_by_default_negatives_come_from_the_shortlist_the_index_serves_with():
+    items, users, positives = _task(0)
+    index = TwoTierIndex.build(items, np.arange(500), FAST, default_shortlist=40)
+    negatives = tier_one_negatives(
+        index, users[:50], positives[:50], ProgressiveConfig(negatives=64)
+    )
+    served = index.shortlist(users[:50], [41] * 50, [np.empty(0, np.int64)] * 50)
+    narrower = index.shortlist(users[:50], [11] * 50, [np.empty(0, np.int64)] * 50)
+    drawn = set(negatives.ravel().tolist())
+    assert drawn <= {r for rows, _ in served for r in rows.tolist()}
+    assert drawn - {r for rows, _ in narrower for r in rows.tolist()}  # beyond the first 11
+
+
 def test_fine_tuning_on_shortlist_negatives_raises_held_out_recall():
     items, users, positives = _task(1)
     index = TwoTierIndex.build(items, np.arange(500), FAST)
