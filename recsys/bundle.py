@@ -358,6 +358,25 @@ def _pid_alive(pid: int) -> bool:
 # load
 
 
+def version_dirs(root: str | Path) -> list[Path]:
+    """Version directories under ``root``, newest first. Automatic version names start with
+    the UTC export time, so name order is creation order; hidden directories (exports and
+    index builds in flight) are skipped. A directory listed here may still fail to load."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(dirs, key=lambda p: p.name, reverse=True)
+
+
+def newest_version(root: str | Path) -> Path:
+    """The newest version directory under ``root`` that holds a ``bundle.json``."""
+    for path in version_dirs(root):
+        if (path / META).is_file():
+            return path
+    raise BundleError(f"{root}: no bundle versions (run `recsys export` first)")
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Load and verify a bundle directory.
 

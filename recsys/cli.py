@@ -165,15 +165,11 @@ def stage_evaluate(
     """Offline metrics and ``report.html`` of a bundle (default: the newest under
     ``<output_dir>/bundles``) on the test split; with ``compare``, also the paired comparison
     against that baseline bundle and its verdict."""
-    from recsys.evaluation.evaluate import (
-        compare_bundles,
-        console_table,
-        evaluate_bundle,
-        newest_bundle,
-    )
+    from recsys.bundle import newest_version
+    from recsys.evaluation.evaluate import compare_bundles, console_table, evaluate_bundle
 
     p = _paths(cfg)
-    bundle_dir = Path(bundle) if bundle else newest_bundle(p["bundles"])
+    bundle_dir = Path(bundle) if bundle else newest_version(p["bundles"])
     out = cfg.out / "evaluation" / bundle_dir.name
     result = evaluate_bundle(cfg, bundle_dir, p["examples"], out)
     print(console_table(result), file=sys.stderr)

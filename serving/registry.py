@@ -15,21 +15,13 @@ import logging
 import threading
 from pathlib import Path
 
-from recsys.bundle import Bundle, BundleError, load_bundle
+from recsys.bundle import Bundle, BundleError, load_bundle, version_dirs
 
 log = logging.getLogger(__name__)
 
 
 class NoBundleError(LookupError):
     """No loadable bundle of the wanted kind under a root."""
-
-
-def version_dirs(root: Path) -> list[Path]:
-    """Version directories under ``root``, newest first (hidden temp dirs skipped)."""
-    if not root.is_dir():
-        return []
-    dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return sorted(dirs, key=lambda p: p.name, reverse=True)
 
 
 class BundleRegistry:

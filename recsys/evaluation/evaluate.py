@@ -44,21 +44,6 @@ class EvaluationError(ValueError):
     """Nothing to evaluate (no bundle, no test rows); the message names the path."""
 
 
-def newest_bundle(bundles_dir: str | Path) -> Path:
-    """The newest version directory under ``bundles_dir`` (by its ``bundle.json`` creation
-    time, then name); hidden (dot-prefixed) directories such as in-flight exports are skipped."""
-    root = Path(bundles_dir)
-    versions = (
-        [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        if root.is_dir()
-        else []
-    )
-    versions = [p for p in versions if (p / "bundle.json").is_file()]
-    if not versions:
-        raise EvaluationError(f"{root}: no bundle versions (run `recsys export` first)")
-    return max(versions, key=lambda p: ((p / "bundle.json").stat().st_mtime, p.name))
-
-
 def _train_counts(examples_dir: Path) -> tuple[pd.Series, pd.Series]:
     return seen_counts(examples_dir, "train", "user_id"), seen_counts(
         examples_dir, "train", "item_id"

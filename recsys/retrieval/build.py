@@ -7,37 +7,18 @@ each with ``Bundle.embed("item", rows)``, trains tier 1 and writes ``<bundle>/in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from recsys.bundle import META, Bundle, BundleError, load_bundle, write_bundle_index
+from recsys.bundle import Bundle, BundleError, load_bundle, newest_version, write_bundle_index
 from recsys.config import PipelineConfig
 from recsys.retrieval.compact import TierOneConfig
 from recsys.retrieval.two_tier import DEFAULT_SHORTLIST, TwoTierIndex
 
 ITEMS = "items.parquet"
 EMBED_BATCH = 4096
-
-
-def latest_bundle(bundle_root: str | Path) -> Path:
-    """The most recently created version under ``bundle_root`` (by ``bundle.json`` ``created``,
-    then name); hidden temporary directories are skipped."""
-    root = Path(bundle_root)
-    versions = []
-    for d in root.iterdir() if root.is_dir() else []:
-        if d.name.startswith(".") or not (d / META).is_file():
-            continue
-        try:
-            created = str(json.loads((d / META).read_text()).get("created", ""))
-        except (OSError, ValueError):
-            continue  # not loadable; load_bundle would name it if it were chosen
-        versions.append((created, d.name, d))
-    if not versions:
-        raise BundleError(f"{root}: no bundle versions (run `recsys export` first)")
-    return max(versions)[2]
 
 
 def embed_items(bundle: Bundle, items_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +54,7 @@ def build_index(
     ``tier_one`` defaults to ``TierOneConfig(seed=cfg.train.seed)``. An existing index is a
     ``BundleError`` unless ``replace`` (then swapped atomically).
     """
-    bundle_dir = Path(bundle_dir) if bundle_dir is not None else latest_bundle(cfg.out / "bundles")
+    bundle_dir = Path(bundle_dir) if bundle_dir is not None else newest_version(cfg.out / "bundles")
     bundle = load_bundle(bundle_dir)
     item_ids, vectors = embed_items(bundle, cfg.out / "raw" / ITEMS)
     if vectors.shape[1] == 0:  # no items: keep the model's width unknown-free

@@ -13,15 +13,13 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from recsys.bundle import load_bundle
+from recsys.bundle import BundleError, load_bundle, newest_version
 from recsys.config import PipelineConfig, SimulatorConfig, parse_config
 from recsys.evaluation import ab
 from recsys.evaluation.evaluate import (
-    EvaluationError,
     compare_bundles,
     console_table,
     evaluate_bundle,
-    newest_bundle,
 )
 from recsys.evaluation.metrics import recall_at_k
 from recsys.features.batcher import read_split, table_to_batch
@@ -158,9 +156,9 @@ def test_the_default_bundle_is_the_newest_version_and_hidden_directories_are_ski
         d.mkdir()
         (d / "bundle.json").write_text("{}")
         os.utime(d / "bundle.json", (time.time() + i, time.time() + i))
-    assert newest_bundle(tmp_path).name == "v2"
-    with pytest.raises(EvaluationError, match="no bundle versions"):
-        newest_bundle(tmp_path / "missing")
+    assert newest_version(tmp_path).name == "v2"
+    with pytest.raises(BundleError, match="no bundle versions"):
+        newest_version(tmp_path / "missing")
 
 
 def test_the_bundle_policy_scores_each_pair_like_the_bundle_on_that_pairs_raw_features(

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys.bundle import INDEX_DIR, BundleError, export_bundle, load_bundle
+from recsys.bundle import INDEX_DIR, BundleError, export_bundle, load_bundle, newest_version
 from recsys.config import PipelineConfig, parse_config
-from recsys.retrieval.build import build_index, latest_bundle, open_bundle_index
+from recsys.retrieval.build import build_index, open_bundle_index
 from tests.recsys.id_embedding import KIND, IdEmbedding, register
 from tests.recsys.retrieval.conftest import FAST
 
@@ -46,7 +46,7 @@ def _export(cfg: PipelineConfig, seed: int, version: str) -> tuple[Path, IdEmbed
 def test_build_index_indexes_the_items_of_the_newest_bundle(cfg: PipelineConfig):
     _export(cfg, 1, "v1")
     newest, model = _export(cfg, 2, "v2")
-    assert latest_bundle(cfg.out / "bundles") == newest
+    assert newest_version(cfg.out / "bundles") == newest
     path = build_index(cfg, tier_one=FAST)
     assert path == newest / INDEX_DIR
     bundle = load_bundle(newest)  # verifies index/ like the rest of the bundle
