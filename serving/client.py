@@ -3,6 +3,7 @@
 with RecsysClient("127.0.0.1:50051", token="...") as client:
     got = client.get_embeddings("item", ["i1", "i2"])    # got.vectors: (2, D) float32
     probs = client.score("u1", ["i1", "i2"]).probabilities
+    top = client.retrieve("u1", k=50, exclude_history=True)  # top.item_ids, top.scores
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def decode_matrix(m: pb.FloatMatrix) -> np.ndarray:
     return values.reshape(shape).astype(np.float32)
 
 
+def encode_matrix(values: np.ndarray) -> pb.FloatMatrix:
+    """Float array -> FloatMatrix of little-endian float32 bytes (its shape kept)."""
+    values = np.ascontiguousarray(values, dtype="<f4")
+    return pb.FloatMatrix(data=values.tobytes(), shape=list(values.shape), dtype="<f4")
+
+
 @dataclass(frozen=True)
 class Embeddings:
     """``vectors``: ``(N, D)`` float32 (zeros where not found); ``found``: ``(N,)`` bool."""
@@ -64,6 +71,15 @@ class Scores:
 
     probabilities: np.ndarray
     found: np.ndarray
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """``item_ids``: best first; ``scores``: ``(k',)`` float32 exact inner products."""
+
+    item_ids: list[str]
+    scores: np.ndarray
     model_version: str
 
 
@@ -175,9 +191,30 @@ class RecsysClient:
         )
 
     def retrieve(
-        self, user_id: str, k: int, *, timeout: float | None = None
-    ) -> pb.RetrieveResponse:
-        return self.stub.Retrieve(pb.RetrieveRequest(user_id=user_id, k=k), **self._kw(timeout))
+        self,
+        user_id: str = "",
+        k: int = 10,
+        *,
+        vector: np.ndarray | None = None,
+        features: pb.UserFeatures | None = None,
+        exclude: Sequence[str] = (),
+        exclude_history: bool = False,
+        timeout: float | None = None,
+    ) -> Retrieved:
+        """Top ``k`` items for ``user_id`` (its stored vector, or one embedded from
+        ``features``) or for ``vector`` (``(D,)`` float32), never any of ``exclude`` (nor,
+        with ``exclude_history``, the user's history)."""
+        request = pb.RetrieveRequest(
+            k=k, exclude_ids=list(exclude), exclude_history=exclude_history
+        )
+        if vector is not None:
+            request.user_vector.CopyFrom(encode_matrix(vector))
+        else:
+            request.user_id = user_id
+        if features is not None:
+            request.features.CopyFrom(features)
+        r = self.stub.Retrieve(request, **self._kw(timeout))
+        return Retrieved(list(r.item_ids), np.array(r.scores, np.float32), r.model_version)
 
     def explain(
         self, user_id: str, item_id: str, *, timeout: float | None = None

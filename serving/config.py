@@ -50,6 +50,7 @@ class ServerConfig(BaseModel):
     max_ids_per_call: PositiveInt = 4096
     max_candidates: PositiveInt = 1000
     max_k: PositiveInt = 1000
+    retrieval_shortlist: PositiveInt | None = None  # tier-1 candidates; None = the index's
     max_message_bytes: PositiveInt = 16 << 20
     compute_threads: PositiveInt = 2
     grace_s: float = Field(default=5.0, ge=0)  # drain time for in-flight calls on shutdown

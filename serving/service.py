@@ -11,6 +11,7 @@ import asyncio
 import functools
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -19,12 +20,14 @@ import grpc
 import numpy as np
 import pandas as pd
 
-from recsys.bundle import Bundle
+from recsys.bundle import Bundle, BundleError
 from recsys.features.sparse_rule import FeatureRuleError
 from recsys.features.spec import FeatureSpec
+from recsys.retrieval.build import open_bundle_index
+from recsys.retrieval.two_tier import TwoTierIndex
 from serving.cache import EmbeddingStore
 from serving.config import ServerConfig
-from serving.features import Catalogue, rank_probabilities, score_table, user_frame
+from serving.features import HISTORY, Catalogue, rank_probabilities, score_table, user_frame
 from serving.metrics import ServerMetrics
 from serving.protos_gen import recsys_pb2 as pb
 from serving.protos_gen import recsys_pb2_grpc as pb_grpc
@@ -32,6 +35,7 @@ from serving.registry import BundleRegistry, NoBundleError
 
 DTYPE = "<f4"
 KINDS = ("item", "user")
+INDEXES_KEPT = 2  # retrieval indexes kept open: the current version's and the one before
 T = TypeVar("T")
 
 
@@ -59,6 +63,24 @@ def check_ids(field: str, ids: Sequence[str], cap: int) -> None:
     for n, entity_id in enumerate(ids):
         if not entity_id.strip(" "):
             raise invalid(f"{field}[{n}]: empty id")
+
+
+def request_vector(field: str, m: pb.FloatMatrix, dim: int) -> np.ndarray:
+    """A request's ``(D,)`` or ``(1, D)`` FloatMatrix -> ``(1, dim)`` float32; errors name
+    ``field``."""
+    if m.dtype not in ("", DTYPE):
+        raise invalid(f"{field}.dtype: {m.dtype!r}, expected {DTYPE!r}")
+    shape = tuple(int(d) for d in m.shape)
+    if shape not in ((dim,), (1, dim)):
+        raise invalid(f"{field}: shape {list(shape)}, expected [{dim}] or [1, {dim}]")
+    if len(m.data) != dim * 4:
+        raise invalid(
+            f"{field}.data: {len(m.data)} bytes, expected {dim * 4} for shape {list(shape)}"
+        )
+    vector = np.frombuffer(m.data, dtype=DTYPE).astype(np.float32)[None, :]
+    if not np.isfinite(vector).all():
+        raise invalid(f"{field}: not finite")
+    return vector
 
 
 def rpc(name: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -114,6 +136,8 @@ class Servicer(pb_grpc.RecsysServiceServicer):
         self.config, self.embedder, self.ranker = config, embedder, ranker
         self.catalogues, self.store, self.pool, self.metrics = catalogues, store, pool, metrics
         self._specs: dict[str, FeatureSpec] = {}
+        self._indexes: OrderedDict[str, TwoTierIndex] = OrderedDict()
+        self._index_lock = asyncio.Lock()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -264,12 +288,89 @@ class Servicer(pb_grpc.RecsysServiceServicer):
     async def Retrieve(  # noqa: N802
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext
     ) -> pb.RetrieveResponse:
+        if request.k < 1:
+            raise invalid("k: must be at least 1")
         if request.k > self.config.max_k:
             raise invalid(f"k: {request.k}, at most {self.config.max_k}")
-        raise RequestError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "Retrieve: the two-tier retrieval index is not served yet (recsys/retrieval)",
+        exclude = list(request.exclude_ids)
+        check_ids("exclude_ids", exclude, self.config.max_ids_per_call)
+        if request.WhichOneof("user") is None and not request.HasField("features"):
+            raise invalid("user: give user_id, user_vector or features")
+        bundle = self._bundle(self.embedder, "Retrieve")
+        index = await self._index(context, bundle)
+        query = await self._retrieve_query(context, request, bundle, index.dim)
+        if request.exclude_history:
+            exclude += self._history(request)
+        shortlist = self.config.retrieval_shortlist
+        hits = (
+            await self._run(context, lambda: index.search(query, request.k, shortlist, [exclude]))
+        )[0]
+        return pb.RetrieveResponse(
+            item_ids=[str(i) for i in hits.ids.tolist()],
+            scores=hits.scores.tolist(),
+            model_version=bundle.version,
         )
+
+    async def _index(self, context: grpc.aio.ServicerContext, bundle: Bundle) -> TwoTierIndex:
+        """``bundle``'s retrieval index, opened once per version (the newest two are kept, so
+        calls on both sides of a hot swap never reopen one)."""
+        index = self._indexes.get(bundle.version)
+        if index is not None:
+            return index
+        if bundle.index_dir is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Retrieve: bundle {bundle.version} has no retrieval index "
+                "(run `recsys index --config <pipeline config>`)",
+            )
+        async with self._index_lock:  # concurrent first calls open it once
+            index = self._indexes.get(bundle.version)
+            if index is None:
+                try:
+                    index = await self._run(context, lambda: open_bundle_index(bundle))
+                except BundleError as e:  # e.g. an index file removed after the bundle loaded
+                    raise RequestError(
+                        grpc.StatusCode.FAILED_PRECONDITION, f"Retrieve: {e}"
+                    ) from None
+                self._indexes[bundle.version] = index
+                while len(self._indexes) > INDEXES_KEPT:
+                    self._indexes.popitem(last=False)
+        return index
+
+    async def _retrieve_query(
+        self,
+        context: grpc.aio.ServicerContext,
+        request: pb.RetrieveRequest,
+        bundle: Bundle,
+        dim: int,
+    ) -> np.ndarray:
+        """The ``(1, dim)`` query: the request's vector, else the user embedded from the
+        request's features, else the user's stored vector (cache tiers, as ``EmbedUser``)."""
+        if request.WhichOneof("user") == "user_vector":
+            return request_vector("user_vector", request.user_vector, dim)
+        if request.HasField("features"):
+            frame = self._request_user(request.user_id, request.features)
+            return (await self._run(context, lambda: bundle.embed("user", frame)))[:1]
+        if not request.user_id.strip(" "):
+            raise invalid("user_id: empty id")
+        compute = self._compute_fn(context, bundle, "user")
+        vector = (await self.store.get(bundle.version, "user", [request.user_id], compute))[0]
+        if vector is None:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"user_id {request.user_id!r}: unknown and no features or user_vector given",
+            )
+        return np.asarray(vector, dtype=np.float32)[None, :]
+
+    def _history(self, request: pb.RetrieveRequest) -> list[str]:
+        """The user's history: from the request's features, else the user catalogue."""
+        if request.HasField("features"):
+            return list(request.features.history)
+        users = self.catalogues.get("user")
+        if request.WhichOneof("user") != "user_id" or users is None:
+            return []
+        rows, found = users.rows([request.user_id])
+        return [str(i) for i in rows[HISTORY].iloc[0]] if found[0] else []
 
     @rpc("Explain")
     async def Explain(  # noqa: N802

@@ -94,18 +94,20 @@ class EmbedUserResponse(_message.Message):
     def __init__(self, embedding: _Optional[_Union[FloatMatrix, _Mapping]] = ..., model_version: _Optional[str] = ..., found: _Optional[bool] = ...) -> None: ...
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("user_id", "user_vector", "k", "exclude_ids", "features")
+    __slots__ = ("user_id", "user_vector", "k", "exclude_ids", "features", "exclude_history")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     USER_VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     user_vector: FloatMatrix
     k: int
     exclude_ids: _containers.RepeatedScalarFieldContainer[str]
     features: UserFeatures
-    def __init__(self, user_id: _Optional[str] = ..., user_vector: _Optional[_Union[FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., features: _Optional[_Union[UserFeatures, _Mapping]] = ...) -> None: ...
+    exclude_history: bool
+    def __init__(self, user_id: _Optional[str] = ..., user_vector: _Optional[_Union[FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., features: _Optional[_Union[UserFeatures, _Mapping]] = ..., exclude_history: _Optional[bool] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
     __slots__ = ("item_ids", "scores", "model_version")
