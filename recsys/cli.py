@@ -153,7 +153,10 @@ def stage_export(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def stage_index(cfg: PipelineConfig) -> dict[str, Any]:
-    """Embed ``<output_dir>/raw/items.parquet`` with the newest bundle and add its two-tier index."""
+    """Embed ``<output_dir>/raw/items.parquet`` with the newest bundle and add its two-tier index
+    (two-tower models; a ranker has no item vectors to index)."""
+    if cfg.model.kind != "two_tower":
+        return {"skipped": f"model.kind {cfg.model.kind!r} has no item vectors to index"}
     from recsys.retrieval.build import build_index
 
     return {"index": str(build_index(cfg))}
@@ -218,7 +221,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "index": stage_index,
     "serve_check": stage_serve_check,
 }
-PIPELINE = ("source", "prepare", "train", "export", "evaluate", "serve_check")
+PIPELINE = ("source", "prepare", "train", "export", "evaluate", "index", "serve_check")
 
 
 def run_pipeline(
@@ -301,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("export", "write a versioned bundle from the best checkpoint")
     add("index", "build the two-tier retrieval index into the newest bundle")
     add("serve", "run the gRPC server (configs/serving.yaml, or a pipeline config)")
-    pl = add("pipeline", "run source -> prepare -> train -> export -> evaluate -> serve_check")
+    pl = add(
+        "pipeline", "run source -> prepare -> train -> export -> evaluate -> index -> serve_check"
+    )
     pl.add_argument("--stages", help=f"comma-separated subset of {','.join(PIPELINE)}")
     for sp in (pl, sub.choices["train"]):
         sp.add_argument(

@@ -54,7 +54,7 @@ def trained(spark, tmp_path_factory):  # noqa: ANN001, ANN201
             "train": {"epochs": 1, "batch_size": 256, "num_threads": 1, "progress": False},
         }
     )
-    summary = run_pipeline(cfg)
+    summary = run_pipeline(cfg, stages=("source", "prepare", "train", "export"))
     bundle = Path(summary["stages"]["export"]["bundle"])
     items = pd.read_parquet(out / "raw" / "items.parquet")
     return out, bundle, items

@@ -50,7 +50,7 @@ def run(spark, tmp_path_factory):  # noqa: ANN001, ANN201
             "train": {"epochs": 2, "batch_size": 256, "num_threads": 1, "progress": False},
         }
     )
-    summary = run_pipeline(cfg)
+    summary = run_pipeline(cfg, stages=("source", "prepare", "train", "export"))
     return cfg, Path(summary["stages"]["export"]["bundle"]), out / "examples"
 
 
