@@ -48,6 +48,7 @@ class DenseVectors:
                 f"{self.path}: holds {mm.dtype} {mm.shape}, expected float32 ({count}, {dim})"
             )
         self._mm = mm
+        self._array = np.asarray(mm)  # plain ndarray view of the mapping: no memmap subclass
         self.count, self.dim = count, dim
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
@@ -57,8 +58,13 @@ class DenseVectors:
             return np.empty((0, self.dim), dtype=np.float32)
         order = np.argsort(ids, kind="stable")
         out = np.empty((ids.size, self.dim), dtype=np.float32)
-        out[order] = self._mm[ids[order]]  # ascending reads: one pass over the pages touched
+        out[order] = self._array[ids[order]]  # ascending reads: one pass over the pages touched
         return out
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """``ids.shape + (d,)`` float32 copies of rows ``ids`` (any shape, order, repeats), in
+        one gather: for a batch ``(G, L)`` of row lists, ``(G, L, d)``."""
+        return self._array[np.asarray(ids, dtype=np.int64)]
 
     def file_bytes(self) -> int:
         return os.path.getsize(self.path)

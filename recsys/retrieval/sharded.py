@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from recsys.retrieval.compact import CompactCodes, TierOneConfig
-from recsys.retrieval.two_tier import DEFAULT_SHORTLIST, Retriever, TwoTierIndex, _id_array
+from recsys.retrieval.two_tier import (
+    DEFAULT_SHORTLIST,
+    Retriever,
+    TwoTierIndex,
+    _id_array,
+    best_first,
+)
 
 
 class ShardedIndex(Retriever):
@@ -70,15 +76,13 @@ class ShardedIndex(Retriever):
             if shard.count
         ]
         live = [s for s, shard in enumerate(self.shards) if shard.count]
-        merged = []
-        for i, n in enumerate(sizes):
-            rows = np.concatenate(
-                [per_shard[j][i][0] + self.offsets[s] for j, s in enumerate(live)]
-            )
-            approx = np.concatenate([per_shard[j][i][1] for j in range(len(live))])
-            best = np.lexsort((rows, -approx))[:n]
-            merged.append((rows[best], approx[best]))
-        return merged
+        rows = [
+            np.concatenate([per_shard[j][i][0] + self.offsets[s] for j, s in enumerate(live)])
+            for i in range(len(sizes))
+        ]
+        approx = [np.concatenate([p[i][1] for p in per_shard]) for i in range(len(sizes))]
+        best = best_first(rows, approx, sizes)  # top N by approximate score, ties: lower row
+        return [(r[b], a[b]) for r, a, b in zip(rows, approx, best, strict=True)]
 
     def rescore(self, queries: np.ndarray, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
         scores = [np.empty(r.shape[0], dtype=np.float32) for r in rows]

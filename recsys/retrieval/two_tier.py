@@ -123,13 +123,16 @@ class Retriever(ABC):
         excluded = self._excluded_rows(exclude, nq)
         if self.count == 0 or nq == 0:
             return [_empty_hits(self) for _ in range(nq)]
-        candidates = self.shortlist(q, sizes, excluded)
-        exact = self.rescore(q, [rows for rows, _ in candidates])
-        hits = []
-        for (rows, _), scores, kk in zip(candidates, exact, ks, strict=True):
-            best = np.lexsort((rows, -scores))[:kk]
-            hits.append(Hits(self.ids_of(rows[best]), scores[best].astype(np.float32)))
-        return hits
+        candidates = [rows for rows, _ in self.shortlist(q, sizes, excluded)]
+        exact = self.rescore(q, candidates)
+        best = best_first(candidates, exact, ks)
+        best_rows = [rows[b] for rows, b in zip(candidates, best, strict=True)]
+        ids = self.ids_of(np.concatenate(best_rows))
+        bounds = np.cumsum([0] + [b.size for b in best])
+        return [
+            Hits(ids[lo:hi], scores[b].astype(np.float32))
+            for lo, hi, scores, b in zip(bounds[:-1], bounds[1:], exact, best, strict=True)
+        ]
 
     def _excluded_rows(self, exclude: IdSets, nq: int) -> list[np.ndarray]:
         if exclude is None:
@@ -161,6 +164,74 @@ def per_query(value: int | Sequence[int], nq: int, name: str, minimum: int) -> l
     if low:
         raise ValueError(f"{name}[{low[0]}]: {values[low[0]]} < {minimum}")
     return values
+
+
+TOP_K_ENTRIES = 1 << 22  # padded (queries x longest list) entries per sort in ``best_first``
+RESCORE_CHUNK_BYTES = 4 << 20  # gathered float32 rows per chunk (one query more): stays in cache
+_NO_ROW = np.iinfo(np.int64).max
+
+
+def sort_padded(
+    rows: np.ndarray, scores: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per line of ``rows (Q, W)`` / ``scores (Q, W)``: positions best first (score
+    descending, ties: lower row first), the ``valid (Q, W)`` ones before the rest; and how many
+    are valid per line ``(Q,)``. One sort for all lines, the same order as
+    ``np.lexsort((rows, -scores))`` of each line's valid entries."""
+    neg = np.where(valid, -scores, np.float32(np.nan))  # NaN sorts last; pads then by row
+    if rows.size and (rows[valid].max(initial=0) >= 1 << 32 or rows[valid].min(initial=0) < 0):
+        return np.lexsort((np.where(valid, rows, _NO_ROW), neg), axis=-1), valid.sum(axis=1)
+    key = (_ordered_int32(neg).astype(np.int64) << 32) + rows  # unique per line: rows differ
+    key[~valid] = _NO_ROW
+    return np.argsort(key, axis=-1), valid.sum(axis=1)
+
+
+def _ordered_int32(values: np.ndarray) -> np.ndarray:
+    """float32 -> int32 with the same order as ``np.lexsort`` compares the floats: ``-0.0``
+    equals ``0.0``, every NaN equal and after ``inf``."""
+    v = np.where(np.isnan(values), np.float32(np.nan), values + np.float32(0.0))  # -0.0 -> 0.0
+    bits = np.abs(v).view(np.int32)  # NaN: positive quiet NaN bits, above +inf's
+    return np.where(np.signbit(v), -bits, bits)
+
+
+def best_first(
+    rows: Sequence[np.ndarray], scores: Sequence[np.ndarray], ks: Sequence[int]
+) -> list[np.ndarray]:
+    """Per query: positions of its ``ks[i]`` best ``scores[i]`` (ties: lower ``rows[i]``
+    first), sorted in padded ``(chunk, max N)`` blocks rather than one query at a time."""
+    out: list[np.ndarray] = []
+    step = max(1, TOP_K_ENTRIES // max([r.size for r in rows] + [1]))  # bounded memory
+    for lo in range(0, len(rows), step):
+        r, sc = rows[lo : lo + step], scores[lo : lo + step]
+        lengths = np.array([x.size for x in r], dtype=np.int64)
+        width = int(lengths.max(initial=0))
+        valid = np.arange(width) < lengths[:, None]
+        padded_rows = np.zeros(valid.shape, dtype=np.int64)
+        padded_scores = np.zeros(valid.shape, dtype=np.float32)
+        if width:
+            padded_rows[valid] = np.concatenate(r)
+            padded_scores[valid] = np.concatenate(sc)
+        order, _ = sort_padded(padded_rows, padded_scores, valid)
+        chunk_ks = ks[lo : lo + step]
+        out.extend(
+            order[i, : min(kk, n)] for i, (kk, n) in enumerate(zip(chunk_ks, lengths, strict=True))
+        )
+    return out
+
+
+def query_chunks(lengths: Sequence[int], dim: int, budget: int) -> list[range]:
+    """Consecutive query ranges whose ``sum(lengths) * dim`` float32 rows fit ``budget``
+    bytes (a range holds at least one query)."""
+    chunks, start, used = [], 0, 0
+    for i, n in enumerate(lengths):
+        size = int(n) * dim * 4
+        if i > start and used + size > budget:
+            chunks.append(range(start, i))
+            start, used = i, 0
+        used += size
+    if start < len(lengths):
+        chunks.append(range(start, len(lengths)))
+    return chunks
 
 
 def _empty_hits(index: Retriever) -> Hits:
@@ -233,19 +304,58 @@ class TwoTierIndex(Retriever):
             return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in sizes]
         fetch = max(n + len(e) for n, e in zip(sizes, exclude, strict=True))
         rows, approx = self.codes.shortlist(queries, min(fetch, self.count))
+        keep = (rows >= 0) & ~self._excluded_mask(rows, exclude)
+        order, kept = sort_padded(rows, approx, keep)
         out = []
-        for r, a, n, e in zip(rows, approx, sizes, exclude, strict=True):
-            keep = r >= 0
-            if e.size:
-                keep &= ~np.isin(r, e)
-            r, a = r[keep], a[keep]
-            order = np.lexsort((r, -a))[:n]
-            out.append((r[order], a[order]))
+        for r, a, o, n, m in zip(rows, approx, order, sizes, kept, strict=True):
+            o = o[: min(n, m)]
+            out.append((r[o], a[o]))
         return out
 
+    def _excluded_mask(self, rows: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
+        """``(Q, F)`` True where ``rows[i, j]`` is among query ``i``'s excluded rows."""
+        if not any(e.size for e in exclude):
+            return np.zeros(rows.shape, dtype=bool)
+        owner = np.repeat(np.arange(len(exclude), dtype=np.int64), [e.size for e in exclude])
+        excluded_keys = owner * self.count + np.concatenate(exclude).astype(np.int64)
+        keys = np.arange(rows.shape[0], dtype=np.int64)[:, None] * self.count + rows
+        return np.isin(keys, excluded_keys)
+
     def rescore(self, queries: np.ndarray, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Exact scores, a chunk of queries at a time (``RESCORE_CHUNK_BYTES`` of gathered
+        rows): one gather from tier 2 and one product per row count in the chunk."""
         q = queries @ self.query_map if self.query_map is not None else queries
-        return [self.dense_rows(r) @ qi for qi, r in zip(q, rows, strict=True)]
+        scores: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(rows)
+        lengths = [r.size for r in rows]
+        for chunk in query_chunks(lengths, self.dim, RESCORE_CHUNK_BYTES):
+            self._rescore_chunk(q, rows, chunk, scores)
+        return scores
+
+    def _rescore_chunk(
+        self, q: np.ndarray, rows: Sequence[np.ndarray], chunk: range, scores: list[np.ndarray]
+    ) -> None:
+        """Fill ``scores[i]`` for ``i`` in ``chunk``.
+
+        The ``G`` queries with ``L`` rows each are gathered as one ``(G, L, d)`` block and
+        scored by one ``(G, L, d) @ (G, d, 1)`` product: BLAS runs the same matrix-vector
+        kernel per query as for a single query, so the scores are bit-identical to
+        ``dense_rows(rows[i]) @ q[i]``. (A product padded to the longest list, or ``einsum``,
+        rounds some scores differently; reading the chunk's rows once through ``np.unique``
+        was slower than this gather when the rows are in the page cache.)"""
+        members = np.arange(chunk.start, chunk.stop)
+        lengths = np.array([rows[i].size for i in members], dtype=np.int64)
+        for length in np.unique(lengths[lengths > 0]):
+            group = members[lengths == length]
+            block = self._take(np.stack([rows[i] for i in group]))  # (G, L, d)
+            exact = np.matmul(block, q[group][:, :, None])[:, :, 0]
+            for g, i in enumerate(group):
+                scores[i] = exact[g]
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        """``rows.shape + (d,)`` float32 tier-2 vectors, one gather."""
+        if isinstance(self.dense, np.ndarray):
+            return self.dense[rows]
+        return self.dense.take(rows)
 
     def dense_rows(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), d)`` float32 tier-2 vectors of ``rows`` (only those are read)."""

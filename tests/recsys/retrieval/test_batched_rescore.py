@@ -1,5 +1,6 @@
-"""Batched search (one sorted tier-2 read per chunk of queries, one product per row count)
-returns exactly what searching each query on its own, step by step, returns."""
+"""Batched search (tier-2 rows gathered per chunk of queries, one product per row count,
+padded sorts for shortlist and top k) returns bit for bit what searching each query on its
+own, step by step, returns."""
 
 from __future__ import annotations
 
@@ -89,6 +90,8 @@ def test_batched_search_equals_the_per_query_reference_bit_for_bit(
     world, which, chunk_bytes, monkeypatch
 ):
     monkeypatch.setattr(two_tier, "RESCORE_CHUNK_BYTES", chunk_bytes)  # 1: a query per chunk
+    if chunk_bytes == 1:
+        monkeypatch.setattr(two_tier, "TOP_K_ENTRIES", 1)  # and one query per top-k sort
     index = world[which]
     got = _search(index, world)
     _assert_identical(got, _reference(index, world))
@@ -143,3 +146,16 @@ def test_query_chunks_keep_each_chunk_within_the_budget():
     assert [list(c) for c in chunks] == [[0, 1, 2], [3, 4], [5], [6]]
     assert two_tier.query_chunks([100], 4, budget=1) == [range(0, 1)]  # one query always fits
     assert two_tier.query_chunks([], 4, budget=10) == []
+
+
+@pytest.mark.parametrize("row_base", [0, 1 << 40])  # past 2**32 rows: the two-key sort
+def test_padded_sort_orders_like_lexsort_with_ties_signed_zeros_and_nan(row_base):
+    rng = np.random.default_rng(5)
+    scores = rng.choice(np.float32([-np.inf, -1.5, -0.0, 0.0, 2.0, 3.25, np.nan]), (9, 30))
+    rows = row_base + np.stack([rng.permutation(1000)[:30] for _ in range(9)])
+    valid = np.arange(30) < rng.integers(0, 31, size=9)[:, None]
+    order, kept = two_tier.sort_padded(rows, scores, valid)
+    for i in range(9):
+        r, s = rows[i][valid[i]], scores[i][valid[i]]
+        want = np.flatnonzero(valid[i])[np.lexsort((r, -s))]
+        assert order[i, : kept[i]].tolist() == want.tolist(), i
