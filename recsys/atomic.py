@@ -44,13 +44,18 @@ def _writer_alive(leftover: Path) -> bool:
         pid = int(leftover.name.rsplit("-", 2)[-2])
     except (IndexError, ValueError):
         return False  # no pid in the name: not written by a live writer of this module
-    if pid == os.getpid():
-        return True
+    return pid == os.getpid() or pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (a zombie counts as alive)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # exists, owned by someone else
         return True
     return True
 

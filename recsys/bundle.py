@@ -47,6 +47,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from recsys.atomic import pid_alive
+
 FORMAT = 1
 META = "bundle.json"
 WEIGHTS = "weights.pt"
@@ -228,7 +230,7 @@ def write_bundle_index(
             replace_dir(tmp, target)
         elif not _rename_no_replace(tmp, target):
             raise BundleError(f"{target}: the bundle already has an index")
-        _fsync_dir(bundle_dir)
+        _fsync(bundle_dir)
         return target
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,7 +248,7 @@ def write_index_manifest(index_dir: str | Path, info: Mapping[str, Any]) -> dict
     manifest = json.loads(json.dumps({**info, "format": FORMAT, "files": files}, default=str))
     text = json.dumps(manifest, indent=2, sort_keys=True)
     _write_durably(index_dir / INDEX_META, lambda p: p.write_text(text))
-    _fsync_dir(index_dir)
+    _fsync(index_dir)
     return manifest
 
 
@@ -290,7 +292,7 @@ def _publish(tmp: Path, root: Path, body: dict[str, Any], version: str | None) -
         )
         target = root / name
         if _rename_no_replace(tmp, target):
-            _fsync_dir(root)
+            _fsync(root)
             return target
     if version is not None:
         raise BundleError(f"{root / version}: version already exists; exports never replace one")
@@ -318,14 +320,11 @@ def _write_durably(path: Path, write: Callable[[Path], None]) -> None:
     write(path)
     if not path.is_file():
         raise BundleError(f"{path.name}: the writer did not create a file")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's (its entries') writes to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -340,18 +339,8 @@ def _sweep_dead_exports(root: Path) -> None:
         if not entry.name.startswith(prefix) or not entry.is_dir():
             continue
         pid = entry.name.removeprefix(prefix).split("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

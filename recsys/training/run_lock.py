@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from recsys.atomic import pid_alive
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
@@ -38,19 +40,6 @@ class RunLockError(ValueError):
 
     A ``ValueError`` so that the ``recsys`` command reports it as one line, like bad input.
     """
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (a zombie counts as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _read_holder(fd: int) -> dict[str, Any] | None:
@@ -127,7 +116,7 @@ class RunLock:
                 f"{self.directory}: lock file {self.path} names a run on another host "
                 f"({_describe(previous)}); if that run is gone, delete {self.path}"
             )
-        if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+        if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
             # PID reuse: the flock is free, so the process now holding that PID is not the run
             log.warning(
                 "%s: pid %d is alive but does not hold the lock; taking over", self.path, pid
