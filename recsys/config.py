@@ -176,6 +176,9 @@ class PrepareConfig(Section):
     text_columns: list[str] = Field(default_factory=lambda: ["title", "text"])
     # Relative error of approxQuantile when split cut-offs are derived from fractions.
     quantile_error: float = Field(default=0.0005, ge=0, le=0.1)
+    # Concept vocabulary (item concepts, normalised: case-folded, whitespace collapsed): concepts
+    # seen on fewer items than this are left out of the manifest's vocabulary.
+    concept_min_count: PositiveInt = 2
     # Plausible event times, [min_ts, max_ts) in UTC: rows outside (negative, far-future or
     # overflowing times) are quarantined as ``ts_out_of_window`` by the source and prepare stages.
     # (not strict: an ISO string, as a dumped config holds it, is read as a date too)
@@ -264,6 +267,9 @@ class TrainConfig(Section):
     recall_k: int = Field(default=10, ge=1)  # two-tower validation recall@K
     progress: bool = True  # tqdm bar with loss and examples/s
     num_threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None = default
+    # Keep the featurised training split in memory across epochs when it fits in this many MiB
+    # (0 = always stream from Parquet, as for splits larger than the budget).
+    in_memory_mb: NonNegativeInt = 1024
 
 
 class ServingConfig(Section):
