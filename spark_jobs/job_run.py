@@ -37,12 +37,19 @@ REJECTED = "quarantine.rejected"
 class JobRun:
     """One run of a Spark job writing ``<out>/examples`` and ``<out>/quarantine``."""
 
-    def __init__(self, spark: SparkSession, out_dir: str | Path) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        out_dir: str | Path,
+        stable: tuple[str, ...] = ("examples", "quarantine"),
+    ) -> None:
+        """``stable``: what each release holds, reachable as ``<out>/<name>`` (see
+        ``Publication``); the online-feature job publishes ``features`` instead of examples."""
         apply_runtime_settings(spark)
         self.spark = spark
         self.storage = Storage(spark)
         self.out = str(out_dir).rstrip("/")
-        self.publication = Publication(self.storage, self.out)
+        self.publication = Publication(self.storage, self.out, stable=stable)
         self.quality = QualityReport()
         self.staging = ""
         self._cached: list[DataFrame] = []
