@@ -440,6 +440,21 @@ def _user_features(good: DataFrame, positives: DataFrame, history_length: int) -
     )
 
 
+def prior_count_features() -> dict[str, F.Column]:
+    """The dense prior-count features, ``log1p`` of the counts ``_user_features`` and
+    ``_item_features`` compute (also read by ``spark_jobs/materialize_features.py``)."""
+
+    def log1p(c: str) -> F.Column:
+        return F.log1p(F.coalesce(F.col(c), F.lit(0)).cast("double")).cast("float")
+
+    return {
+        "d_user_prior_events": log1p("_user_prior_events"),
+        "d_user_prior_positives": log1p("_user_prior_pos"),
+        "d_item_prior_events": log1p("_item_prior_events"),
+        "d_item_prior_positives": log1p("_item_prior_pos"),
+    }
+
+
 def _item_features(good: DataFrame, positives: DataFrame) -> DataFrame:
     """Per (item_id, ts_ms): events and positives on the item strictly before ts_ms."""
     counts = (
@@ -588,15 +603,7 @@ def build_examples(
     item_sparse = {f.name: rule_column(f) for f in item_rule}
     context_sparse = {f.name: _feature_column(ex, f) for f in context_features()}
 
-    def log1p(c: str) -> F.Column:
-        return F.log1p(F.coalesce(F.col(c), F.lit(0)).cast("double")).cast("float")
-
-    dense = {
-        "d_user_prior_events": log1p("_user_prior_events"),
-        "d_user_prior_positives": log1p("_user_prior_pos"),
-        "d_item_prior_events": log1p("_item_prior_events"),
-        "d_item_prior_positives": log1p("_item_prior_pos"),
-    }
+    dense = prior_count_features()
     if has_created:
         age = (F.col("ts_ms") - F.unix_millis("_created_ts")) / DAY_MS
         dense["d_item_age_days"] = F.greatest(F.coalesce(age, F.lit(0.0)), F.lit(0.0)).cast("float")
