@@ -33,14 +33,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 if __package__ in (None, ""):  # run as a script (spark-submit): make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,10 +56,10 @@ from recsys.embedding_keys import (  # noqa: E402
     embedding_key,
     encode_vector,
     entry_checksum,
-    key_pattern,
     marker_key,
 )
 from recsys.features.sparse_rule import check_feature_columns  # noqa: E402
+from spark_jobs.redis_version import RedisVersion, RedisWarmingError  # noqa: E402
 from spark_jobs.session import build_session  # noqa: E402
 from spark_jobs.storage import Storage  # noqa: E402
 
@@ -70,7 +67,6 @@ __all__ = [
     "OUTPUT_SCHEMA",
     "RedisWarmingError",
     "cached_bundle",
-    "check_redis",
     "embed_frames",
     "main",
     "run",
@@ -78,18 +74,10 @@ __all__ = [
 
 OUTPUT_SCHEMA = "id string, embedding array<float>, model_version string"
 CHECKSUM_SCHEMA = "keys long, checksum string"
-# Executors prefix Redis failures with this so the driver can quote them in one line.
-_WARM_FAILED = "redis warming failed:"
-_UNLINK_BATCH = 1000
 
-# Per Python process (driver or executor worker): bundle path -> loaded bundle, and Redis
-# clients by URL. Module-level so they outlive one task when Spark reuses the worker.
+# Per Python process (driver or executor worker): bundle path -> loaded bundle. Module-level so
+# it outlives one task when Spark reuses the worker.
 _BUNDLES: dict[str, Bundle] = {}
-_REDIS: dict[str, Any] = {}
-
-
-class RedisWarmingError(RuntimeError):
-    """Redis cannot be warmed (unreachable, refused credentials, out of memory); one line."""
 
 
 def cached_bundle(path: str) -> Bundle:
@@ -98,59 +86,6 @@ def cached_bundle(path: str) -> Bundle:
     if key not in _BUNDLES:
         _BUNDLES[key] = load_bundle(key)
     return _BUNDLES[key]
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _redis(url: str) -> Any:
-    if url not in _REDIS:
-        import redis  # imported on the executors only when warming is asked for
-
-        _REDIS[url] = redis.Redis.from_url(url, socket_connect_timeout=10)
-    return _REDIS[url]
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())
-
-
-def check_redis(url: str, namespace: str, model_version: str, kind: str) -> int:
-    """Before any Spark work: connect, authenticate and mark ``model_version``'s ``kind``
-    incomplete (delete its marker and any keys of an earlier run). Returns the number of
-    stale keys deleted; raises ``RedisWarmingError`` with one line on any failure."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
-    try:
-        client.ping()
-        client.delete(marker_key(namespace, model_version, kind))
-        return _delete_keys(client, namespace, model_version, kind)
-    except redis.RedisError as e:
-        raise RedisWarmingError(f"redis {redacted(url)}: {_one_line(e)}") from None
-    finally:
-        client.close()
-
-
-def _delete_keys(client: Any, namespace: str, model_version: str, kind: str) -> int:
-    """UNLINK every key of one version's ``kind`` (SCAN in batches); returns how many."""
-    deleted, batch = 0, []
-    for key in client.scan_iter(match=key_pattern(namespace, model_version, kind), count=1000):
-        batch.append(key)
-        if len(batch) >= _UNLINK_BATCH:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
 
 
 def embed_frames(
@@ -180,38 +115,10 @@ def embed_frames(
             )
         ids = frame[id_column].astype(str).to_numpy()
         if redis_url:
-            _warm(redis_url, namespace, version, kind, ids, vectors, ttl_s, ttl_jitter, rng)
+            target = RedisVersion(redis_url, namespace, version, kind, ttl_s, ttl_jitter)
+            keys = [embedding_key(namespace, version, kind, id_) for id_ in ids]
+            target.set_batch(keys, [encode_vector(v) for v in vectors], rng)
         yield pd.DataFrame({"id": ids, "embedding": list(vectors), "model_version": version})
-
-
-def _warm(
-    url: str,
-    namespace: str,
-    version: str,
-    kind: str,
-    ids: np.ndarray,
-    vectors: np.ndarray,
-    ttl_s: int | None,
-    ttl_jitter: float,
-    rng: np.random.Generator,
-) -> None:
-    """Pipelined ``SET`` of one batch; a Redis error becomes one tagged line."""
-    import redis
-
-    pipe = _redis(url).pipeline(transaction=False)
-    keys = [embedding_key(namespace, version, kind, id_) for id_ in ids]
-    for key, vector in zip(keys, vectors, strict=True):
-        ex = None
-        if ttl_s:
-            ex = int(ttl_s * (1.0 + ttl_jitter * rng.random())) if ttl_jitter else ttl_s
-        pipe.set(key, encode_vector(vector), ex=ex)
-    try:
-        replies = pipe.execute(raise_on_error=False)
-    except redis.RedisError as e:  # connection lost: no replies at all
-        raise RuntimeError(f"{_WARM_FAILED} {_one_line(e)}") from None
-    for key, reply in zip(keys, replies, strict=True):
-        if isinstance(reply, Exception):  # the server's reply only, never the vector bytes
-            raise RuntimeError(f"{_WARM_FAILED} {_one_line(reply)} (SET {key})")
 
 
 def _partial_checksums(
@@ -285,51 +192,6 @@ def _check_output(written: DataFrame, bundle_path: str) -> tuple[int, int]:
     return int(row["n"]), int(row["dmax"] or 0)
 
 
-def _warm_failure(error: BaseException) -> str | None:
-    """The executor's tagged Redis error line inside a Spark exception, if there is one."""
-    found = re.search(re.escape(_WARM_FAILED) + r" ([^\n]*)", str(error))
-    return found.group(1).strip() if found else None
-
-
-def _write_marker(
-    url: str,
-    namespace: str,
-    version: str,
-    kind: str,
-    marker: CompletionMarker,
-    ttl_s: int | None,
-    first_write: float,
-) -> None:
-    """SET the completion marker, expiring no later than the first key written."""
-    ex = None
-    if ttl_s:
-        ex = ttl_s - math.ceil(time.time() - first_write)
-        if ex < 1:
-            raise RedisWarmingError(
-                f"it took longer than the key TTL ({ttl_s}s); "
-                "the first keys have expired, so the version cannot be marked complete"
-            )
-    import redis
-
-    try:
-        _redis(url).set(marker_key(namespace, version, kind), marker.to_json(), ex=ex)
-    except redis.RedisError as e:
-        raise RedisWarmingError(f"completion marker not written: {_one_line(e)}") from None
-
-
-def _cleanup(url: str, namespace: str, version: str, kind: str, ttl_s: int | None) -> str:
-    """Delete what a failed run wrote; returns a phrase for the error message."""
-    import redis
-
-    try:
-        client = _redis(url)
-        client.delete(marker_key(namespace, version, kind))
-        return f"removed {_delete_keys(client, namespace, version, kind)} partial keys"
-    except redis.RedisError as e:
-        expiry = f"they expire within {ttl_s}s" if ttl_s else "they have no TTL"
-        return f"could not remove the partial keys ({_one_line(e)}); {expiry}"
-
-
 def run(
     bundle_path: str | Path,
     table: str | Path | DataFrame,
@@ -360,8 +222,11 @@ def run(
     )
     bundle = cached_bundle(bundle_path)  # fail fast on the driver for a broken bundle
     version = bundle.version
-    if redis_url:
-        check_redis(redis_url, namespace, version, kind)  # before any Spark work
+    target = (
+        RedisVersion(redis_url, namespace, version, kind, ttl_s, ttl_jitter) if redis_url else None
+    )
+    if target is not None:
+        target.check()  # before any Spark work
     spark = spark or build_session(spark_cfg)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
     df = table if isinstance(table, DataFrame) else _read_table(spark, str(table))
@@ -393,18 +258,15 @@ def run(
         if redis_url:
             marker = _marker(written, namespace, version, kind, dim)
         storage.replace_dir(f"{staging}/data", out)
-        if redis_url and marker is not None:
-            _write_marker(redis_url, namespace, version, kind, marker, ttl_s, first_write)
+        if target is not None and marker is not None:
+            target.write_marker(marker, first_write)
     except Exception as e:
-        if not redis_url:
+        if target is None:
             raise
-        cleaned = _cleanup(redis_url, namespace, version, kind, ttl_s)
-        cause = _warm_failure(e)
-        if cause is None and not isinstance(e, RedisWarmingError):
-            e.add_note(f"redis {redacted(redis_url)}: no completion marker; {cleaned}")
+        error = target.failure(e)
+        if error is e:
             raise
-        where = f"redis {redacted(redis_url)}: warming {namespace}:{version}:{kind}"
-        raise RedisWarmingError(f"{where} failed: {cause or e}; {cleaned}") from None
+        raise error from None
     finally:
         storage.delete(staging)
     summary: dict[str, Any] = {
