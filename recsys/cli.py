@@ -96,8 +96,10 @@ def jvm_console_to(log_file: Path) -> Iterator[None]:
                 os.close(copy)
 
 
-def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
-    """Spark: raw logs (or Criteo TSV) -> examples + manifest."""
+@contextlib.contextmanager
+def spark_session(cfg: PipelineConfig) -> Iterator[Any]:
+    """The config's Spark session for one stage, its JVM console in ``logs/`` unless ``-v``;
+    stopped afterwards (freeing the JVM's memory before training) unless it already ran."""
     from pyspark.sql import SparkSession
 
     from spark_jobs.session import build_session
@@ -111,6 +113,15 @@ def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
         with jvm_console_to(console):
             spark = build_session(cfg.spark)
     try:
+        yield spark
+    finally:
+        if not had_session:
+            spark.stop()
+
+
+def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
+    """Spark: raw logs (or Criteo TSV) -> examples + manifest."""
+    with spark_session(cfg) as spark:
         if cfg.source.kind == "criteo":
             from spark_jobs import ingest_criteo
 
@@ -119,10 +130,19 @@ def stage_prepare(cfg: PipelineConfig) -> dict[str, Any]:
             from spark_jobs import build_training_data
 
             manifest = build_training_data.run(cfg, _paths(cfg)["raw"], cfg.out, spark=spark)
-    finally:
-        if not had_session:  # free the JVM's memory before training starts
-            spark.stop()
     return {"examples_dir": str(_paths(cfg)["examples"]), "counts": manifest.get("counts")}
+
+
+def stage_materialize(cfg: PipelineConfig) -> dict[str, Any]:
+    """Spark: each user's and item's latest features -> ``<output_dir>/online`` (and Redis
+    when ``serving.redis_url`` is set), for the server (skipped for Criteo: no users)."""
+    if cfg.source.kind == "criteo":
+        return {"skipped": "criteo logs carry no user or item tables"}
+    from spark_jobs import materialize_features
+
+    with spark_session(cfg) as spark:
+        manifest = materialize_features.run(cfg, spark=spark, redis_url=cfg.serving.redis_url)
+    return {"version": manifest["version"], "counts": manifest["counts"]}
 
 
 def stage_train(cfg: PipelineConfig, resume: bool = True) -> dict[str, Any]:
@@ -215,13 +235,23 @@ def stage_serve_check(cfg: PipelineConfig) -> dict[str, Any]:
 STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "source": stage_source,
     "prepare": stage_prepare,
+    "materialize": stage_materialize,
     "train": stage_train,
     "export": stage_export,
     "evaluate": stage_evaluate,
     "index": stage_index,
     "serve_check": stage_serve_check,
 }
-PIPELINE = ("source", "prepare", "train", "export", "evaluate", "index", "serve_check")
+PIPELINE = (
+    "source",
+    "prepare",
+    "materialize",
+    "train",
+    "export",
+    "evaluate",
+    "index",
+    "serve_check",
+)
 
 
 def run_pipeline(
@@ -297,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("simulate", "simulate the synthetic world into <output_dir>/raw")
     add("source", "load the configured source into <output_dir>/raw and validate it")
     add("prepare", "Spark: raw logs -> training examples + manifest")
+    add("materialize", "Spark: latest user/item features -> <output_dir>/online (+ Redis)")
     add("train", "train the configured model (TorchRec)")
     ev = add("evaluate", "offline metrics and report.html of a bundle on the test split")
     ev.add_argument("--bundle", help="bundle directory (default: the newest under bundles/)")
