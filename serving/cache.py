@@ -33,10 +33,12 @@ from recsys.embedding_keys import (
     encode_vector,
     marker_key,
 )
+from recsys.online_features import current_key, decode_row
 from serving.config import RedisSettings
 from serving.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+POINTER_TTL_S = 1.0  # how long a read of the online features' ``_current`` pointer is reused
 
 
 class LruCache:
@@ -80,6 +82,7 @@ class RedisTier:
         self._down_until = 0.0
         self._backoff = settings.backoff_initial_s
         self._rng = random.Random()
+        self._pointers: dict[str, tuple[str | None, float]] = {}
 
     def open(self) -> None:
         from redis.asyncio import Redis, RedisCluster
@@ -148,14 +151,66 @@ class RedisTier:
     async def _read_raw(
         self, marker: str, warm: list[str], online: list[str]
     ) -> tuple[bytes | None, list[bytes | None], list[bytes | None]]:
-        client = self._client
-        keys = [marker, *warm, *online]
-        if self.settings.cluster:  # keys live in many slots: redis-py splits them by slot
-            values = await client.mget_nonatomic(keys)
-        else:  # one MGET: one round trip, one reply to parse
-            values = await client.mget(keys)
+        values = await self._mget([marker, *warm, *online])  # one round trip
         n = len(warm)
         return values[0], values[1 : 1 + n], values[1 + n :]
+
+    async def read_rows(
+        self, namespace: str, kind: str, ids: Sequence[str]
+    ) -> tuple[str, list[dict[str, Any] | None]] | None:
+        """Online feature rows of ``ids`` (``recsys.online_features``' layout) and their
+        version; ``None`` while Redis is unavailable, holds no pointer or the pointed version
+        is incomplete (the caller then reads the on-disk release)."""
+        if not ids or not self.available:
+            return None
+        try:
+            version = await self._feature_version(namespace)
+            if version is None:
+                return None
+            keys = [embedding_key(namespace, version, kind, i) for i in ids]
+            marker = marker_key(namespace, version, kind)
+            values = await asyncio.wait_for(
+                self._mget([marker, *keys]), timeout=self.settings.timeout_s * 2
+            )
+            if values[0] is None:
+                return None
+            pairs = zip(keys, values[1:], strict=True)
+            rows = [None if v is None else decode_row(v, k) for k, v in pairs]
+        except Exception as e:  # TimeoutError included  # any Redis failure -> disk
+            self._failed("feature read", e)
+            return None
+        self._succeeded()
+        return version, rows
+
+    async def feature_version(self, namespace: str) -> str | None:
+        """The materialised online-feature version in Redis; None when unavailable/unset."""
+        if not self.available:
+            return None
+        try:
+            version = await self._feature_version(namespace)
+        except Exception as e:  # TimeoutError included
+            self._failed("feature pointer read", e)
+            return None
+        self._succeeded()
+        return version
+
+    async def _feature_version(self, namespace: str) -> str | None:
+        """The materialised version ``<namespace>:_current`` names, re-read once a second."""
+        now = time.monotonic()
+        cached = self._pointers.get(namespace)
+        if cached is not None and now - cached[1] < POINTER_TTL_S:
+            return cached[0]
+        raw = await asyncio.wait_for(
+            self._client.get(current_key(namespace)), timeout=self.settings.timeout_s
+        )
+        version = None if raw is None else raw.decode()
+        self._pointers[namespace] = (version, now)
+        return version
+
+    async def _mget(self, keys: list[str]) -> list[bytes | None]:
+        if self.settings.cluster:  # keys live in many slots: redis-py splits them by slot
+            return await self._client.mget_nonatomic(keys)
+        return await self._client.mget(keys)
 
     async def write(
         self, version: str, kind: str, ids: Sequence[str], vectors: Sequence[np.ndarray]

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recsys.config import ConfigError, PipelineConfig, load_config
+from recsys.online_features import ONLINE_DIR
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -25,6 +26,7 @@ class RedisSettings(BaseModel):
     cluster: bool = False  # redis-py's RedisCluster client (multi-slot reads split by slot)
     namespace: str = "recsys"  # what spark_jobs/batch_embed.py warmed (read when complete)
     online_namespace: str = "recsys-online"  # vectors the server computed and wrote back
+    features_namespace: str = "recsys-features"  # spark_jobs/materialize_features.py's rows
     ttl_s: PositiveInt = 86_400
     ttl_jitter: Fraction = 0.1  # TTL drawn from [ttl, ttl * (1 + jitter)]
     timeout_s: PositiveFloat = 0.05  # per command; a slower Redis counts as an error
@@ -43,7 +45,11 @@ class ServerConfig(BaseModel):
     embedder_bundles: str | None = None  # version directories of a two-tower bundle
     ranker_bundles: str | None = None  # version directories of a ranker bundle
     items: str | None = None  # raw items table (parquet): the item catalogue
-    users: str | None = None  # raw users table (parquet): latest user features
+    users: str | None = None  # raw users table (parquet): user rows when no online features
+    # spark_jobs/materialize_features.py's output directory (<output_dir>/online): each user's
+    # latest history, concepts and priors, each item's priors. Redis, when configured and
+    # materialised into, is read first; None = catalogues only.
+    online_features: str | None = None
     reload_interval_s: float = Field(default=30.0, ge=0)  # 0 = only on refresh()
     redis: RedisSettings | None = None
     lru_entries: int = Field(default=100_000, ge=0)
@@ -53,6 +59,9 @@ class ServerConfig(BaseModel):
     retrieval_shortlist: PositiveInt | None = None  # tier-1 candidates; None = the index's
     max_message_bytes: PositiveInt = 16 << 20
     compute_threads: PositiveInt = 2
+    # torch intra-op threads per process (None = torch's default: every core). With
+    # ``workers`` > 1 keep workers x torch_threads <= cores, or the processes fight for them.
+    torch_threads: PositiveInt | None = None
     grace_s: float = Field(default=5.0, ge=0)  # drain time for in-flight calls on shutdown
     auth_token: str | None = None  # bearer token; None = no auth
     tls_cert: str | None = None  # PEM paths; both or neither
@@ -72,6 +81,7 @@ class ServerConfig(BaseModel):
             role: str(out / "bundles"),
             "items": str(out / "raw" / "items.parquet"),
             "users": str(out / "raw" / "users.parquet"),
+            "online_features": str(out / ONLINE_DIR),
             "redis": redis,
             "max_ids_per_call": cfg.serving.max_request_items,
         }

@@ -23,6 +23,9 @@ from recsys.features.spec import FeatureSpec
 
 HISTORY = "history"
 CONCEPTS = "concepts"
+CREATED = "created_ts"
+ITEM_AGE = "d_item_age_days"
+DAY_MS = 86_400_000
 
 
 class Catalogue:
@@ -67,6 +70,15 @@ def user_frame(
     return pd.DataFrame({k: v if isinstance(v, list) else [v] for k, v in row.items()})
 
 
+def item_age_days(created: pd.Series, ts_ms: int) -> np.ndarray:
+    """``d_item_age_days`` at ``ts_ms``: days since ``created_ts``, at least 0, 0 when unknown
+    (prepare's rule in ``spark_jobs/build_training_data.py``, for one request time)."""
+    created_ms = pd.to_datetime(created, utc=True).astype("int64") // 1_000_000
+    age = (ts_ms - created_ms.to_numpy(dtype=np.float64)) / DAY_MS
+    age[pd.isna(created).to_numpy()] = 0.0
+    return np.maximum(age, 0.0).astype(np.float32)
+
+
 def _repeat(column: pa.Array, n: int) -> pa.Array:
     return column.take(pa.array(np.zeros(n, dtype=np.int64)))
 
@@ -97,9 +109,12 @@ def score_table(
         ctx = pd.DataFrame({**{k: [v] for k, v in context.items()}, "ts": [int(ts_ms)]})
         for name, col in sparse_feature_columns(ctx, others).items():
             cols[name] = _repeat(col, n)
+    if ITEM_AGE in spec.dense and ITEM_AGE not in items.columns and CREATED in items.columns:
+        items = items.assign(**{ITEM_AGE: item_age_days(items[CREATED], ts_ms)})
     for name in spec.dense:
-        if name in items.columns:
-            cols[name] = pa.array(items[name].to_numpy(dtype=np.float32, na_value=np.nan))
+        if name in items.columns:  # NaN (an item without this feature) -> null, as in training
+            values = items[name].to_numpy(dtype=np.float32, na_value=np.nan)
+            cols[name] = pa.array(values, from_pandas=True)
         elif name in user.columns:
             cols[name] = pa.array(np.full(n, user[name].iloc[0], dtype=np.float32))
         elif name in dense:

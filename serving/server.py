@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsys.online_features import NAMESPACE
 from serving.cache import EmbeddingStore, LruCache, RedisTier
 from serving.config import ServerConfig, load_server_config
 from serving.features import Catalogue
 from serving.metrics import ServerMetrics
+from serving.online_store import OnlineFeatures
 from serving.protos_gen import recsys_pb2, recsys_pb2_grpc
 from serving.registry import BundleRegistry
 from serving.service import Servicer
@@ -103,6 +106,12 @@ class RecsysServer:
         )
         self.redis = RedisTier(config.redis, self.metrics) if config.redis else None
         self.store = EmbeddingStore(LruCache(config.lru_entries), self.redis, self.metrics)
+        features_namespace = config.redis.features_namespace if config.redis else NAMESPACE
+        self.online = (
+            OnlineFeatures(config.online_features, self.redis, features_namespace)
+            if config.online_features
+            else None
+        )
         self.pool = ThreadPoolExecutor(config.compute_threads, thread_name_prefix="recsys-compute")
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
@@ -116,7 +125,7 @@ class RecsysServer:
 
     def refresh(self) -> bool:
         """Swap in newer valid bundle versions (blocking: loads in this thread)."""
-        changed = False
+        changed = self.online is not None and self.online.refresh()
         for registry in self.registries:
             if registry.refresh():
                 self.metrics.bundle_swaps.labels(kind=registry.kind).inc()
@@ -135,6 +144,8 @@ class RecsysServer:
     async def start(self) -> int:
         """Load bundles and catalogues, bind, start serving; returns the bound port."""
         loop = asyncio.get_running_loop()
+        if self.config.torch_threads is not None:
+            torch.set_num_threads(self.config.torch_threads)
         await loop.run_in_executor(self.pool, self.refresh)
         catalogues = await loop.run_in_executor(self.pool, self._catalogues)
         if self.redis is not None:
@@ -148,7 +159,14 @@ class RecsysServer:
         interceptors = [BearerTokenInterceptor(c.auth_token)] if c.auth_token else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
         self.servicer = Servicer(
-            c, self.embedder, self.ranker, catalogues, self.store, self.pool, self.metrics
+            c,
+            self.embedder,
+            self.ranker,
+            catalogues,
+            self.store,
+            self.pool,
+            self.metrics,
+            online=self.online,
         )
         recsys_pb2_grpc.add_RecsysServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -29,6 +29,7 @@ from serving.cache import EmbeddingStore
 from serving.config import ServerConfig
 from serving.features import HISTORY, Catalogue, rank_probabilities, score_table, user_frame
 from serving.metrics import ServerMetrics
+from serving.online_store import OnlineFeatures, Row, catalogue_rows, rows_frame
 from serving.protos_gen import recsys_pb2 as pb
 from serving.protos_gen import recsys_pb2_grpc as pb_grpc
 from serving.registry import BundleRegistry, NoBundleError
@@ -132,9 +133,11 @@ class Servicer(pb_grpc.RecsysServiceServicer):
         store: EmbeddingStore,
         pool: ThreadPoolExecutor,
         metrics: ServerMetrics,
+        online: OnlineFeatures | None = None,
     ) -> None:
         self.config, self.embedder, self.ranker = config, embedder, ranker
         self.catalogues, self.store, self.pool, self.metrics = catalogues, store, pool, metrics
+        self.online = online
         self._specs: dict[str, FeatureSpec] = {}
         self._indexes: OrderedDict[str, TwoTierIndex] = OrderedDict()
         self._index_lock = asyncio.Lock()
@@ -159,19 +162,50 @@ class Servicer(pb_grpc.RecsysServiceServicer):
     def _compute_fn(
         self, context: grpc.aio.ServicerContext, bundle: Bundle, kind: str
     ) -> Callable[[Sequence[str]], Awaitable[list[np.ndarray | None]]]:
-        catalogue = self.catalogues.get(kind)
-
-        def embed(ids: Sequence[str]) -> list[np.ndarray | None]:
-            if catalogue is None:
-                return [None] * len(ids)
-            rows, found = catalogue.rows(ids)
-            vectors = iter(bundle.embed(kind, rows) if len(rows) else [])
-            return [next(vectors) if f else None for f in found]
+        def embed(rows: list[Row | None]) -> list[np.ndarray | None]:
+            known = [r for r in rows if r is not None]
+            vectors = iter(bundle.embed(kind, rows_frame(known)) if known else [])
+            return [None if r is None else next(vectors) for r in rows]
 
         async def compute(ids: Sequence[str]) -> list[np.ndarray | None]:
-            return await self._run(context, lambda: embed(ids))
+            rows, _ = await self._entity_rows(context, kind, ids)
+            return await self._run(context, lambda: embed(rows))
 
         return compute
+
+    async def _entity_rows(
+        self, context: grpc.aio.ServicerContext, kind: str, ids: Sequence[str]
+    ) -> tuple[list[Row | None], str | None]:
+        """One feature row (or None) per id: the online features' (users: latest history,
+        concepts, priors; items: priors) merged over the catalogue's, and the online version
+        (None when there are no online features). Table lookups run in the compute pool."""
+        online = self.online
+        from_redis = await online.redis_rows(kind, ids) if online is not None else None
+        catalogue = self.catalogues.get(kind)
+
+        def lookup() -> tuple[list[Row | None], str | None]:
+            if from_redis is not None:
+                fresh, version = from_redis
+            elif online is not None:
+                fresh, version = online.disk_rows(kind, ids)
+            else:
+                fresh, version = [None] * len(ids), None
+            static = catalogue_rows(catalogue, ids) if catalogue else [None] * len(ids)
+            rows = [
+                None if o is None and c is None else {**(c or {}), **(o or {})}
+                for o, c in zip(fresh, static, strict=True)
+            ]
+            return rows, version
+
+        return await self._run(context, lookup)
+
+    async def _cache_version(self, bundle: Bundle, kind: str) -> str:
+        """The version cached embeddings of ``kind`` are keyed by: a user's vector depends
+        on the bundle and on the online features it was computed from."""
+        if kind != "user" or self.online is None:
+            return bundle.version
+        features = await self.online.version()
+        return bundle.version if features is None else f"{bundle.version}+{features}"
 
     def _spec(self, bundle: Bundle) -> FeatureSpec:
         """The feature spec ``bundle``'s model was built with (from its bundle.json)."""
@@ -201,7 +235,8 @@ class Servicer(pb_grpc.RecsysServiceServicer):
         check_ids("ids", ids, self.config.max_ids_per_call)
         bundle = self._bundle(self.embedder, "GetEmbeddings")
         compute = self._compute_fn(context, bundle, request.kind)
-        vectors = await self.store.get(bundle.version, request.kind, ids, compute)
+        version = await self._cache_version(bundle, request.kind)
+        vectors = await self.store.get(version, request.kind, ids, compute)
         out = np.zeros((len(ids), bundle.model.tower_dim), dtype=np.float32)
         for n, v in enumerate(vectors):
             if v is not None:
@@ -225,7 +260,8 @@ class Servicer(pb_grpc.RecsysServiceServicer):
             if not request.user_id.strip(" "):
                 raise invalid("user_id: required when features are absent")
             compute = self._compute_fn(context, bundle, "user")
-            vector = (await self.store.get(bundle.version, "user", [request.user_id], compute))[0]
+            version = await self._cache_version(bundle, "user")
+            vector = (await self.store.get(version, "user", [request.user_id], compute))[0]
         found = vector is not None
         embedding = np.zeros((1, dim), np.float32) if vector is None else vector[None, :]
         return pb.EmbedUserResponse(
@@ -250,18 +286,21 @@ class Servicer(pb_grpc.RecsysServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"ranker {bundle.version} reads match features, which are not served yet",
             )
-        user = self._score_user(request)
-        items_catalogue = self.catalogues.get("item")
-        if items_catalogue is None:
+        user = await self._score_user(context, request)
+        if "item" not in self.catalogues:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, "Score: no item catalogue")
         ctx = request.context
         ts_ms = ctx.ts_ms or int(time.time() * 1000)
         spec = self._spec(bundle)
+        item_rows, _ = await self._entity_rows(context, "item", item_ids)
+        # an item the catalogue does not know is unknown, whatever online priors it has
+        known = self.catalogues["item"]
+        found = [r is not None and i in known for i, r in zip(item_ids, item_rows, strict=True)]
 
         def score() -> tuple[np.ndarray, list[bool]]:
-            items, found = items_catalogue.rows(item_ids)
             probs = np.full(len(item_ids), math.nan, dtype=np.float32)
-            if len(items):
+            if any(found):
+                items = rows_frame([r for r, f in zip(item_rows, found, strict=True) if f])
                 table = score_table(spec, user, items, ts_ms, dict(ctx.attributes), dict(ctx.dense))
                 probs[np.flatnonzero(found)] = rank_probabilities(bundle.model, spec, table)
             return probs, found
@@ -271,18 +310,21 @@ class Servicer(pb_grpc.RecsysServiceServicer):
             probabilities=probs.tolist(), found=found, model_version=bundle.version
         )
 
-    def _score_user(self, request: pb.ScoreRequest) -> pd.DataFrame:
+    async def _score_user(
+        self, context: grpc.aio.ServicerContext, request: pb.ScoreRequest
+    ) -> pd.DataFrame:
+        """The request's user features, else the user's online/catalogue row."""
         if request.HasField("user_features"):
             return self._request_user(request.user_id, request.user_features)
-        users = self.catalogues.get("user")
         if not request.user_id.strip(" "):
             raise invalid("user_id: required when user_features are absent")
-        if users is None or request.user_id not in users:
+        row = (await self._entity_rows(context, "user", [request.user_id]))[0][0]
+        if row is None:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
                 f"user_id {request.user_id!r}: unknown and no user_features given",
             )
-        return users.rows([request.user_id])[0]
+        return rows_frame([row])
 
     @rpc("Retrieve")
     async def Retrieve(  # noqa: N802
@@ -300,7 +342,7 @@ class Servicer(pb_grpc.RecsysServiceServicer):
         index = await self._index(context, bundle)
         query = await self._retrieve_query(context, request, bundle, index.dim)
         if request.exclude_history:
-            exclude += self._history(request)
+            exclude += await self._history(context, request)
         shortlist = self.config.retrieval_shortlist
         hits = (
             await self._run(context, lambda: index.search(query, request.k, shortlist, [exclude]))
@@ -354,7 +396,8 @@ class Servicer(pb_grpc.RecsysServiceServicer):
         if not request.user_id.strip(" "):
             raise invalid("user_id: empty id")
         compute = self._compute_fn(context, bundle, "user")
-        vector = (await self.store.get(bundle.version, "user", [request.user_id], compute))[0]
+        version = await self._cache_version(bundle, "user")
+        vector = (await self.store.get(version, "user", [request.user_id], compute))[0]
         if vector is None:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
@@ -362,15 +405,18 @@ class Servicer(pb_grpc.RecsysServiceServicer):
             )
         return np.asarray(vector, dtype=np.float32)[None, :]
 
-    def _history(self, request: pb.RetrieveRequest) -> list[str]:
-        """The user's history: from the request's features, else the user catalogue."""
+    async def _history(
+        self, context: grpc.aio.ServicerContext, request: pb.RetrieveRequest
+    ) -> list[str]:
+        """The user's history: from the request's features, else the online features or
+        the user catalogue."""
         if request.HasField("features"):
             return list(request.features.history)
-        users = self.catalogues.get("user")
-        if request.WhichOneof("user") != "user_id" or users is None:
+        if request.WhichOneof("user") != "user_id":
             return []
-        rows, found = users.rows([request.user_id])
-        return [str(i) for i in rows[HISTORY].iloc[0]] if found[0] else []
+        row = (await self._entity_rows(context, "user", [request.user_id]))[0][0]
+        history = [] if row is None else row.get(HISTORY)
+        return [str(i) for i in history] if history is not None else []
 
     @rpc("Explain")
     async def Explain(  # noqa: N802
