@@ -47,7 +47,8 @@ def _scores(bundle: Bundle, examples: Path, split: str) -> tuple[np.ndarray, np.
 
 def _check_run(out: Path) -> dict:
     summary = json.loads((out / "pipeline.json").read_text())
-    stages = ["source", "prepare", "train", "export", "evaluate", "index", "serve_check"]
+    stages = ["source", "prepare", "materialize", "train", "export", "evaluate", "index"]
+    stages.append("serve_check")
     assert list(summary["stages"]) == stages
     manifest = json.loads((out / "examples" / "manifest.json").read_text())
     spec = FeatureSpec.from_manifest(manifest)
