@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import grpc
@@ -67,11 +67,13 @@ class Embeddings:
 
 @dataclass(frozen=True)
 class Scores:
-    """``probabilities``: ``(N,)`` float32 (NaN where not found); ``found``: ``(N,)`` bool."""
+    """``probabilities``: ``(N,)`` float32 (NaN where not found); ``found``: ``(N,)`` bool;
+    ``explanations``: one per found candidate when asked (``pb.Explanation``)."""
 
     probabilities: np.ndarray
     found: np.ndarray
     model_version: str
+    explanations: list[pb.Explanation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -174,20 +176,27 @@ class RecsysClient:
         ts_ms: int = 0,
         dense: Mapping[str, float] | None = None,
         attributes: Mapping[str, str] | None = None,
+        explain: bool = False,
         timeout: float | None = None,
     ) -> Scores:
+        """Probabilities of ``item_ids`` for the user (``features``, else the stored ones);
+        with ``explain``, also each found candidate's SESA explanation."""
         request = pb.ScoreRequest(
             user_id=user_id,
             item_ids=list(item_ids),
             context=pb.Context(
                 ts_ms=ts_ms, dense=dict(dense or {}), attributes=dict(attributes or {})
             ),
+            explain=explain,
         )
         if features is not None:
             request.user_features.CopyFrom(features)
         r = self.stub.Score(request, **self._kw(timeout))
         return Scores(
-            np.array(r.probabilities, np.float32), np.array(r.found, bool), r.model_version
+            np.array(r.probabilities, np.float32),
+            np.array(r.found, bool),
+            r.model_version,
+            list(r.explanations),
         )
 
     def retrieve(
@@ -217,8 +226,16 @@ class RecsysClient:
         return Retrieved(list(r.item_ids), np.array(r.scores, np.float32), r.model_version)
 
     def explain(
-        self, user_id: str, item_id: str, *, timeout: float | None = None
+        self,
+        user_id: str,
+        item_id: str,
+        *,
+        features: pb.UserFeatures | None = None,
+        timeout: float | None = None,
     ) -> pb.ExplainResponse:
-        return self.stub.Explain(
-            pb.ExplainRequest(user_id=user_id, item_id=item_id), **self._kw(timeout)
-        )
+        """The SESA explanation of ``item_id`` for the user: named concepts with their
+        contributions, largest first, and the biases; they sum to ``score``."""
+        request = pb.ExplainRequest(user_id=user_id, item_id=item_id)
+        if features is not None:
+            request.user_features.CopyFrom(features)
+        return self.stub.Explain(request, **self._kw(timeout))

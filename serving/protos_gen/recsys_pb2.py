@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/recsys.proto\x12\trecsys.v1\"9\n\x0b\x46loatMatrix\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xa1\x01\n\x0cUserFeatures\x12\x0f\n\x07history\x18\x01 \x03(\t\x12\x10\n\x08\x63oncepts\x18\x02 \x03(\t\x12;\n\nattributes\x18\x03 \x03(\x0b\x32\'.recsys.v1.UserFeatures.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdf\x01\n\x07\x43ontext\x12\r\n\x05ts_ms\x18\x01 \x01(\x03\x12\x36\n\nattributes\x18\x02 \x03(\x0b\x32\".recsys.v1.Context.AttributesEntry\x12,\n\x05\x64\x65nse\x18\x03 \x03(\x0b\x32\x1d.recsys.v1.Context.DenseEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nDenseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"1\n\x14GetEmbeddingsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"i\n\x15GetEmbeddingsResponse\x12*\n\nembeddings\x18\x01 \x01(\x0b\x32\x16.recsys.v1.FloatMatrix\x12\r\n\x05\x66ound\x18\x02 \x03(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"N\n\x10\x45mbedUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\"d\n\x11\x45mbedUserResponse\x12)\n\tembedding\x18\x01 \x01(\x0b\x32\x16.recsys.v1.FloatMatrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"\xbf\x01\n\x0fRetrieveRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12-\n\x0buser_vector\x18\x02 \x01(\x0b\x32\x16.recsys.v1.FloatMatrixH\x00\x12\t\n\x01k\x18\x03 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x03(\t\x12)\n\x08\x66\x65\x61tures\x18\x05 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x17\n\x0f\x65xclude_history\x18\x06 \x01(\x08\x42\x06\n\x04user\"K\n\x10RetrieveResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"<\n\x13\x43onceptContribution\x12\x0f\n\x07\x63oncept\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x02\"U\n\x0b\x45xplanation\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x35\n\rcontributions\x18\x02 \x03(\x0b\x32\x1e.recsys.v1.ConceptContribution\"\x97\x01\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\ruser_features\x18\x02 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12#\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x12.recsys.v1.Context\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\"z\n\rScoreResponse\x12\x15\n\rprobabilities\x18\x01 \x03(\x02\x12\r\n\x05\x66ound\x18\x02 \x03(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12,\n\x0c\x65xplanations\x18\x04 \x03(\x0b\x32\x16.recsys.v1.Explanation\"b\n\x0e\x45xplainRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12.\n\ruser_features\x18\x03 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\"_\n\x0f\x45xplainResponse\x12\x35\n\rcontributions\x18\x01 \x03(\x0b\x32\x1e.recsys.v1.ConceptContribution\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xee\x02\n\rRecsysService\x12R\n\rGetEmbeddings\x12\x1f.recsys.v1.GetEmbeddingsRequest\x1a .recsys.v1.GetEmbeddingsResponse\x12\x46\n\tEmbedUser\x12\x1b.recsys.v1.EmbedUserRequest\x1a\x1c.recsys.v1.EmbedUserResponse\x12\x43\n\x08Retrieve\x12\x1a.recsys.v1.RetrieveRequest\x1a\x1b.recsys.v1.RetrieveResponse\x12:\n\x05Score\x12\x17.recsys.v1.ScoreRequest\x1a\x18.recsys.v1.ScoreResponse\x12@\n\x07\x45xplain\x12\x19.recsys.v1.ExplainRequest\x1a\x1a.recsys.v1.ExplainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/recsys.proto\x12\trecsys.v1\"9\n\x0b\x46loatMatrix\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xa1\x01\n\x0cUserFeatures\x12\x0f\n\x07history\x18\x01 \x03(\t\x12\x10\n\x08\x63oncepts\x18\x02 \x03(\t\x12;\n\nattributes\x18\x03 \x03(\x0b\x32\'.recsys.v1.UserFeatures.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdf\x01\n\x07\x43ontext\x12\r\n\x05ts_ms\x18\x01 \x01(\x03\x12\x36\n\nattributes\x18\x02 \x03(\x0b\x32\".recsys.v1.Context.AttributesEntry\x12,\n\x05\x64\x65nse\x18\x03 \x03(\x0b\x32\x1d.recsys.v1.Context.DenseEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nDenseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"1\n\x14GetEmbeddingsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"i\n\x15GetEmbeddingsResponse\x12*\n\nembeddings\x18\x01 \x01(\x0b\x32\x16.recsys.v1.FloatMatrix\x12\r\n\x05\x66ound\x18\x02 \x03(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"N\n\x10\x45mbedUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\"d\n\x11\x45mbedUserResponse\x12)\n\tembedding\x18\x01 \x01(\x0b\x32\x16.recsys.v1.FloatMatrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"\xbf\x01\n\x0fRetrieveRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12-\n\x0buser_vector\x18\x02 \x01(\x0b\x32\x16.recsys.v1.FloatMatrixH\x00\x12\t\n\x01k\x18\x03 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x03(\t\x12)\n\x08\x66\x65\x61tures\x18\x05 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x17\n\x0f\x65xclude_history\x18\x06 \x01(\x08\x42\x06\n\x04user\"K\n\x10RetrieveResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"M\n\x13\x43onceptContribution\x12\x0f\n\x07\x63oncept\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x02\x12\x0f\n\x07\x64isplay\x18\x03 \x01(\t\"U\n\x0b\x45xplanation\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x35\n\rcontributions\x18\x02 \x03(\x0b\x32\x1e.recsys.v1.ConceptContribution\"\x97\x01\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\ruser_features\x18\x02 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12#\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x12.recsys.v1.Context\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\"z\n\rScoreResponse\x12\x15\n\rprobabilities\x18\x01 \x03(\x02\x12\r\n\x05\x66ound\x18\x02 \x03(\x08\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12,\n\x0c\x65xplanations\x18\x04 \x03(\x0b\x32\x16.recsys.v1.Explanation\"b\n\x0e\x45xplainRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12.\n\ruser_features\x18\x03 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\"\xd5\x01\n\x0f\x45xplainResponse\x12\x35\n\rcontributions\x18\x01 \x03(\x0b\x32\x1e.recsys.v1.ConceptContribution\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x36\n\x06\x62iases\x18\x04 \x03(\x0b\x32&.recsys.v1.ExplainResponse.BiasesEntry\x1a-\n\x0b\x42iasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xee\x02\n\rRecsysService\x12R\n\rGetEmbeddings\x12\x1f.recsys.v1.GetEmbeddingsRequest\x1a .recsys.v1.GetEmbeddingsResponse\x12\x46\n\tEmbedUser\x12\x1b.recsys.v1.EmbedUserRequest\x1a\x1c.recsys.v1.EmbedUserResponse\x12\x43\n\x08Retrieve\x12\x1a.recsys.v1.RetrieveRequest\x1a\x1b.recsys.v1.RetrieveResponse\x12:\n\x05Score\x12\x17.recsys.v1.ScoreRequest\x1a\x18.recsys.v1.ScoreResponse\x12@\n\x07\x45xplain\x12\x19.recsys.v1.ExplainRequest\x1a\x1a.recsys.v1.ExplainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_CONTEXT_DENSEENTRY']._loaded_options = None
   _globals['_CONTEXT_DENSEENTRY']._serialized_options = b'8\001'
+  _globals['_EXPLAINRESPONSE_BIASESENTRY']._loaded_options = None
+  _globals['_EXPLAINRESPONSE_BIASESENTRY']._serialized_options = b'8\001'
   _globals['_FLOATMATRIX']._serialized_start=37
   _globals['_FLOATMATRIX']._serialized_end=94
   _globals['_USERFEATURES']._serialized_start=97
@@ -62,17 +64,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVERESPONSE']._serialized_start=1020
   _globals['_RETRIEVERESPONSE']._serialized_end=1095
   _globals['_CONCEPTCONTRIBUTION']._serialized_start=1097
-  _globals['_CONCEPTCONTRIBUTION']._serialized_end=1157
-  _globals['_EXPLANATION']._serialized_start=1159
-  _globals['_EXPLANATION']._serialized_end=1244
-  _globals['_SCOREREQUEST']._serialized_start=1247
-  _globals['_SCOREREQUEST']._serialized_end=1398
-  _globals['_SCORERESPONSE']._serialized_start=1400
-  _globals['_SCORERESPONSE']._serialized_end=1522
-  _globals['_EXPLAINREQUEST']._serialized_start=1524
-  _globals['_EXPLAINREQUEST']._serialized_end=1622
-  _globals['_EXPLAINRESPONSE']._serialized_start=1624
-  _globals['_EXPLAINRESPONSE']._serialized_end=1719
-  _globals['_RECSYSSERVICE']._serialized_start=1722
-  _globals['_RECSYSSERVICE']._serialized_end=2088
+  _globals['_CONCEPTCONTRIBUTION']._serialized_end=1174
+  _globals['_EXPLANATION']._serialized_start=1176
+  _globals['_EXPLANATION']._serialized_end=1261
+  _globals['_SCOREREQUEST']._serialized_start=1264
+  _globals['_SCOREREQUEST']._serialized_end=1415
+  _globals['_SCORERESPONSE']._serialized_start=1417
+  _globals['_SCORERESPONSE']._serialized_end=1539
+  _globals['_EXPLAINREQUEST']._serialized_start=1541
+  _globals['_EXPLAINREQUEST']._serialized_end=1639
+  _globals['_EXPLAINRESPONSE']._serialized_start=1642
+  _globals['_EXPLAINRESPONSE']._serialized_end=1855
+  _globals['_EXPLAINRESPONSE_BIASESENTRY']._serialized_start=1810
+  _globals['_EXPLAINRESPONSE_BIASESENTRY']._serialized_end=1855
+  _globals['_RECSYSSERVICE']._serialized_start=1858
+  _globals['_RECSYSSERVICE']._serialized_end=2224
 # @@protoc_insertion_point(module_scope)

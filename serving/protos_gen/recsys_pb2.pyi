@@ -120,12 +120,14 @@ class RetrieveResponse(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ConceptContribution(_message.Message):
-    __slots__ = ("concept", "contribution")
+    __slots__ = ("concept", "contribution", "display")
     CONCEPT_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_FIELD_NUMBER: _ClassVar[int]
     concept: str
     contribution: float
-    def __init__(self, concept: _Optional[str] = ..., contribution: _Optional[float] = ...) -> None: ...
+    display: str
+    def __init__(self, concept: _Optional[str] = ..., contribution: _Optional[float] = ..., display: _Optional[str] = ...) -> None: ...
 
 class Explanation(_message.Message):
     __slots__ = ("item_id", "contributions")
@@ -172,9 +174,20 @@ class ExplainRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., user_features: _Optional[_Union[UserFeatures, _Mapping]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("contributions", "model_version")
+    __slots__ = ("contributions", "model_version", "score", "biases")
+    class BiasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BIASES_FIELD_NUMBER: _ClassVar[int]
     contributions: _containers.RepeatedCompositeFieldContainer[ConceptContribution]
     model_version: str
-    def __init__(self, contributions: _Optional[_Iterable[_Union[ConceptContribution, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    score: float
+    biases: _containers.ScalarMap[str, float]
+    def __init__(self, contributions: _Optional[_Iterable[_Union[ConceptContribution, _Mapping]]] = ..., model_version: _Optional[str] = ..., score: _Optional[float] = ..., biases: _Optional[_Mapping[str, float]] = ...) -> None: ...
