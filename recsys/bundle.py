@@ -69,6 +69,9 @@ _MAX_NAME_TRIES = 100
 _FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
     "ranker": "recsys.models.ranker:ranker_from_kwargs",
     "two_tower": "recsys.models.two_tower:two_tower_from_kwargs",
+    # SESA: weights here; the frozen concept space (vocabulary, sparse item concept vectors,
+    # users' declared concepts) in the extra files of recsys.concepts.space.space_files.
+    "sesa": "recsys.models.sesa:sesa_from_kwargs",
 }
 
 

@@ -150,9 +150,19 @@ def stage_train(cfg: PipelineConfig, resume: bool = True) -> dict[str, Any]:
 
     With ``resume`` an interrupted run in that directory continues where it stopped;
     without, training starts from scratch and replaces the checkpoints there."""
+    p = _paths(cfg)
+    if cfg.model.kind == "sesa":
+        from recsys.concepts.train import train_sesa
+
+        run = train_sesa(cfg, p["examples"], p["checkpoints"])
+        return {
+            "checkpoint": str(p["checkpoints"] / "best"),
+            "best_epoch": run.best_epoch,
+            "valid_auc": run.best_auc,
+            "epochs": run.metrics,
+        }
     from recsys.training.trainer import train
 
-    p = _paths(cfg)
     result = train(cfg, p["examples"], p["checkpoints"], resume=resume)
     return {
         "checkpoint": str(result.checkpoint),

@@ -232,10 +232,19 @@ class EmbeddingConfig(Section):
     vocab_min_count: int = Field(default=1, ge=1)
 
 
-class ModelConfig(Section):
-    """Ranker (DCN-v2) and two-tower model shapes."""
+class MatchSourceConfig(Section):
+    """One match feature of the ranker and where its frozen model comes from."""
 
-    kind: Literal["ranker", "two_tower"] = "ranker"
+    name: Literal["sesa"] = "sesa"
+    # A bundle directory: one version, or a bundle root whose newest version is used.
+    # Relative paths are relative to the working directory.
+    bundle: str
+
+
+class ModelConfig(Section):
+    """Ranker (DCN-v2), two-tower and SESA model shapes (SESA's own keys: ``sesa``)."""
+
+    kind: Literal["ranker", "two_tower", "sesa"] = "ranker"
     cross_layers: PositiveInt = 3
     cross_low_rank: PositiveInt | None = None
     mlp: list[PositiveInt] = Field(default_factory=lambda: [128, 64])
@@ -244,9 +253,55 @@ class ModelConfig(Section):
     temperature: PositiveFloat = 0.05
     dense_dim: int | None = Field(default=None, ge=1)  # dense projection width; None = emb dim
     num_match: int = Field(default=0, ge=0)  # match features (SESA / omni scores) fed to ranker
+    # The ranker's match features, in column order; num_match follows their count.
+    match: list[MatchSourceConfig] = Field(default_factory=list)
     lt_weight: float = Field(default=0.1, ge=0)  # weight of the lt7 MSE loss when lt_head
     logq: bool = True  # two-tower: subtract log item sampling probability from in-batch logits
     freq_buckets: int = Field(default=1 << 16, ge=1)  # two-tower: streaming item count buckets
+
+    @model_validator(mode="before")
+    @classmethod
+    def _num_match_follows_match(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("match"):
+            count = len(data["match"])
+            if data.get("num_match") not in (None, count):
+                raise ValueError(
+                    f"num_match is {data['num_match']} but match lists {count} feature(s)"
+                )
+            data = {**data, "num_match": count}
+        return data
+
+
+class SesaConfig(Section):
+    """SESA explicit-concept model (``model.kind: sesa``, ``recsys.models.sesa``)."""
+
+    # sesa: named, non-negative, top-k sparse concept dimensions; latent: the baseline with the
+    # same encoder and parameter count and unnamed dense dimensions.
+    variant: Literal["sesa", "latent"] = "sesa"
+    top_k: PositiveInt = 10  # non-zero concept activations kept per item
+    # Of those, drop the ones below this fraction of the item's strongest activation.
+    min_relative_activation: float = Field(default=0.5, ge=0, le=1)
+    embed_dim: PositiveInt = 32  # token embedding width
+    hidden: PositiveInt = 32  # bi-GRU hidden width per direction
+    num_buckets: int = Field(default=1 << 14, ge=2)  # hashed token ids (TextTokenizer)
+    max_tokens: PositiveInt = 64  # words read per item text
+    id_buckets: PositiveInt = 1 << 16  # hashed user / item id biases
+    history_length: NonNegativeInt = 20  # last history items in the user vector
+    # Weight of the auxiliary multi-label concept loss (mean over items of the summed BCE).
+    concept_loss_weight: NonNegativeFloat = 0.3
+    # Items whose concept labels the auxiliary loss never sees (concept precision is measured
+    # on them); chosen by a fixed hash of the item id.
+    holdout_fraction: float = Field(default=0.3, ge=0, lt=1)
+    lr: PositiveFloat = 3e-3  # Adam, dense parameters (GRU, projections, weights)
+    # Adam, the embedding tables (tokens, id biases): the many-concept auxiliary loss stalls at
+    # the concepts' prior on MovieLens with 3e-3 here, and learns them with 3e-2.
+    lr_embedding: PositiveFloat = 3e-2
+    # History items enter the user vector from a no-gradient cache of every item's vector,
+    # refreshed every this many steps (only candidates are encoded with gradients: ~2x faster
+    # on CPU); 0 = encode history items with gradients in every step.
+    history_refresh_steps: NonNegativeInt = 10
+    # Train on at most this many training rows (a seeded sample; None = all).
+    max_train_rows: PositiveInt | None = None
 
 
 class TrainConfig(Section):
@@ -292,6 +347,7 @@ class PipelineConfig(Section):
     prepare: PrepareConfig = PrepareConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     model: ModelConfig = ModelConfig()
+    sesa: SesaConfig = SesaConfig()
     train: TrainConfig = TrainConfig()
     serving: ServingConfig = ServingConfig()
 

@@ -28,7 +28,12 @@ def export(
     bundle's ``bundle.json`` records the model kind and its JSON constructor arguments
     (embedding config, feature spec with salt and sizes, model config), the feature spec,
     the run's validation metrics and ``cfg``; ``weights.pt`` is the full ``state_dict``.
+    ``model.kind: sesa`` checkpoints (``recsys.concepts.checkpoint``) become ``sesa`` bundles.
     """
+    if cfg.model.kind == "sesa":
+        from recsys.concepts.checkpoint import export_sesa
+
+        return export_sesa(cfg, checkpoint, bundle_root, version=version)
     path = checkpoint_path(checkpoint)
     state, _ = read_state(path)
     if state.kind != cfg.model.kind:

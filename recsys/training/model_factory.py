@@ -34,6 +34,11 @@ def build_model(
 
     Collisionless tables need the training split's vocabulary, read from ``examples_dir``.
     """
+    if cfg.model.kind == "sesa":
+        raise ValueError(
+            "model.kind 'sesa' is trained by recsys.concepts.train.train_sesa (`recsys train` "
+            "dispatches it there), not by the TorchRec trainer"
+        )
     vocab = None
     if cfg.embedding.kind == "collisionless":
         if examples_dir is None:

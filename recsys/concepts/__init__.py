@@ -1,0 +1,1 @@
+"""Explicit concept spaces: the concept vocabulary, SESA / ESA / latent scorers, explanations."""
