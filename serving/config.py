@@ -44,6 +44,7 @@ class ServerConfig(BaseModel):
     workers: PositiveInt = 1  # > 1: that many processes on one port (SO_REUSEPORT)
     embedder_bundles: str | None = None  # version directories of a two-tower bundle
     ranker_bundles: str | None = None  # version directories of a ranker bundle
+    explainer_bundles: str | None = None  # version directories of a sesa bundle (Explain)
     items: str | None = None  # raw items table (parquet): the item catalogue
     users: str | None = None  # raw users table (parquet): user rows when no online features
     # spark_jobs/materialize_features.py's output directory (<output_dir>/online): each user's
@@ -73,7 +74,9 @@ class ServerConfig(BaseModel):
         """Serve what ``recsys pipeline`` with ``cfg`` produced: its bundles under
         ``<output_dir>/bundles`` and its raw ``items``/``users`` tables as catalogues."""
         out = cfg.out
-        role = "ranker_bundles" if cfg.model.kind == "ranker" else "embedder_bundles"
+        role = {"ranker": "ranker_bundles", "sesa": "explainer_bundles"}.get(
+            cfg.model.kind, "embedder_bundles"
+        )
         redis = {"url": cfg.serving.redis_url} if cfg.serving.redis_url else None
         fields: dict[str, Any] = {
             "host": cfg.serving.host,

@@ -104,6 +104,9 @@ class RecsysServer:
         self.ranker = (
             BundleRegistry(config.ranker_bundles, "ranker") if config.ranker_bundles else None
         )
+        self.explainer = (
+            BundleRegistry(config.explainer_bundles, "sesa") if config.explainer_bundles else None
+        )
         self.redis = RedisTier(config.redis, self.metrics) if config.redis else None
         self.store = EmbeddingStore(LruCache(config.lru_entries), self.redis, self.metrics)
         features_namespace = config.redis.features_namespace if config.redis else NAMESPACE
@@ -121,7 +124,7 @@ class RecsysServer:
 
     @property
     def registries(self) -> list[BundleRegistry]:
-        return [r for r in (self.embedder, self.ranker) if r is not None]
+        return [r for r in (self.embedder, self.ranker, self.explainer) if r is not None]
 
     def refresh(self) -> bool:
         """Swap in newer valid bundle versions (blocking: loads in this thread)."""
@@ -167,6 +170,7 @@ class RecsysServer:
             self.pool,
             self.metrics,
             online=self.online,
+            explainer=self.explainer,
         )
         recsys_pb2_grpc.add_RecsysServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -21,13 +21,21 @@ import numpy as np
 import pandas as pd
 
 from recsys.bundle import Bundle, BundleError
+from recsys.concepts.data import item_text
 from recsys.features.sparse_rule import FeatureRuleError
 from recsys.features.spec import FeatureSpec
 from recsys.retrieval.build import open_bundle_index
 from recsys.retrieval.two_tier import TwoTierIndex
 from serving.cache import EmbeddingStore
 from serving.config import ServerConfig
-from serving.features import HISTORY, Catalogue, rank_probabilities, score_table, user_frame
+from serving.features import (
+    CONCEPTS,
+    HISTORY,
+    Catalogue,
+    rank_probabilities,
+    score_table,
+    user_frame,
+)
 from serving.metrics import ServerMetrics
 from serving.online_store import OnlineFeatures, Row, catalogue_rows, rows_frame
 from serving.protos_gen import recsys_pb2 as pb
@@ -134,10 +142,12 @@ class Servicer(pb_grpc.RecsysServiceServicer):
         pool: ThreadPoolExecutor,
         metrics: ServerMetrics,
         online: OnlineFeatures | None = None,
+        explainer: BundleRegistry | None = None,
     ) -> None:
         self.config, self.embedder, self.ranker = config, embedder, ranker
         self.catalogues, self.store, self.pool, self.metrics = catalogues, store, pool, metrics
-        self.online = online
+        self.online, self.explainer = online, explainer
+        self._spaces: dict[str, Any] = {}  # sesa bundle version -> its ConceptSpace
         self._specs: dict[str, FeatureSpec] = {}
         self._indexes: OrderedDict[str, TwoTierIndex] = OrderedDict()
         self._index_lock = asyncio.Lock()
@@ -272,10 +282,6 @@ class Servicer(pb_grpc.RecsysServiceServicer):
     async def Score(  # noqa: N802
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreResponse:
-        if request.explain:
-            raise RequestError(
-                grpc.StatusCode.UNIMPLEMENTED, "explain: explanations need SESA (not built yet)"
-            )
         item_ids = list(request.item_ids)
         if not item_ids:
             raise invalid("item_ids: at least one candidate is needed")
@@ -306,9 +312,42 @@ class Servicer(pb_grpc.RecsysServiceServicer):
             return probs, found
 
         probs, found = await self._run(context, score)
+        explanations = []
+        if request.explain:
+            explained = [i for i, f in zip(item_ids, found, strict=True) if f]
+            explanations = await self._explanations(context, request, explained)
         return pb.ScoreResponse(
-            probabilities=probs.tolist(), found=found, model_version=bundle.version
+            probabilities=probs.tolist(),
+            found=found,
+            model_version=bundle.version,
+            explanations=explanations,
         )
+
+    async def _explanations(
+        self, context: grpc.aio.ServicerContext, request: pb.ScoreRequest, item_ids: list[str]
+    ) -> list[pb.Explanation]:
+        """Score's ``explain``: the SESA explanation of each found candidate."""
+        bundle = self._bundle(self.explainer, "Score.explain")
+        space = await self._space(context, bundle)
+        features = request.user_features if request.HasField("user_features") else None
+        history, declared = await self._explained_user(context, request.user_id, features)
+        texts = await self._item_texts(context, space, item_ids)
+
+        def explain() -> list[pb.Explanation]:
+            return [
+                pb.Explanation(
+                    item_id=item_id,
+                    contributions=contributions(
+                        space.explain(
+                            request.user_id, item_id, history=history, declared=declared,
+                            item_text=text,
+                        )
+                    ),
+                )
+                for item_id, text in zip(item_ids, texts, strict=True)
+            ]  # fmt: skip
+
+        return await self._run(context, explain)
 
     async def _score_user(
         self, context: grpc.aio.ServicerContext, request: pb.ScoreRequest
@@ -422,6 +461,77 @@ class Servicer(pb_grpc.RecsysServiceServicer):
     async def Explain(  # noqa: N802
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainResponse:
-        raise RequestError(
-            grpc.StatusCode.UNIMPLEMENTED, "Explain: needs the SESA concept model (not built yet)"
+        if not request.item_id.strip(" "):
+            raise invalid("item_id: required")
+        if not request.HasField("user_features") and not request.user_id.strip(" "):
+            raise invalid("user_id: required when user_features are absent")
+        bundle = self._bundle(self.explainer, "Explain")
+        space = await self._space(context, bundle)
+        features = request.user_features if request.HasField("user_features") else None
+        history, declared = await self._explained_user(context, request.user_id, features)
+        texts = await self._item_texts(context, space, [request.item_id])
+        explanation = await self._run(
+            context,
+            lambda: space.explain(
+                request.user_id, request.item_id, history=history, declared=declared,
+                item_text=texts[0],
+            ),
+        )  # fmt: skip
+        return pb.ExplainResponse(
+            contributions=contributions(explanation),
+            model_version=bundle.version,
+            score=explanation.score,
+            biases=explanation.biases,
         )
+
+    async def _space(self, context: grpc.aio.ServicerContext, bundle: Bundle) -> Any:
+        """``bundle``'s concept space (``recsys.concepts``), built once per version."""
+        space = self._spaces.get(bundle.version)
+        if space is None:
+            from recsys.concepts.checkpoint import load_space
+
+            space = await self._run(context, lambda: load_space(bundle))
+            self._spaces = {bundle.version: space}  # only the current version's is kept
+        return space
+
+    async def _explained_user(
+        self, context: grpc.aio.ServicerContext, user_id: str, features: pb.UserFeatures | None
+    ) -> tuple[list[str], list[str] | None]:
+        """``(history, declared concepts)``: the request's, else the user's online/catalogue
+        row; ``declared`` None lets the space use the users table it was trained with."""
+        if features is not None:
+            self._request_user(user_id, features)  # the same field checks as the other calls
+            return list(features.history), list(features.concepts)
+        row = (await self._entity_rows(context, "user", [user_id]))[0][0]
+        if row is None:
+            return [], None
+        history = row.get(HISTORY)
+        declared = row.get(CONCEPTS)
+        return (
+            [str(i) for i in history] if history is not None else [],
+            [str(c) for c in declared] if declared is not None else None,
+        )
+
+    async def _item_texts(
+        self, context: grpc.aio.ServicerContext, space: Any, item_ids: Sequence[str]
+    ) -> list[str | None]:
+        """The catalogue text of items the space has never seen (encoded on the fly), None
+        for the others; an id unknown to both is ``NOT_FOUND``."""
+        rows, _ = await self._entity_rows(context, "item", item_ids)
+        texts: list[str | None] = []
+        for item_id, row in zip(item_ids, rows, strict=True):
+            if space.knows_item(item_id):
+                texts.append(None)
+            elif row is None:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"item_id {item_id!r}: unknown")
+            else:
+                texts.append(item_text(row.get("title"), row.get("text")))  # a cold item
+        return texts
+
+
+def contributions(explanation: Any) -> list[pb.ConceptContribution]:
+    """A ``recsys.concepts.space.Explanation``'s concepts as protobuf messages."""
+    return [
+        pb.ConceptContribution(concept=c.name, contribution=c.contribution, display=c.display)
+        for c in explanation.concepts
+    ]

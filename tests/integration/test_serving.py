@@ -156,10 +156,11 @@ def test_score_reads_stored_user_features_when_the_request_has_none(
     assert e.value.code() == grpc.StatusCode.NOT_FOUND and "nobody" in e.value.details()
 
 
-def test_explain_answers_unimplemented_with_a_reason(server: ServerThread) -> None:
+def test_explain_without_a_sesa_bundle_is_a_failed_precondition(server: ServerThread) -> None:
     with pytest.raises(grpc.RpcError) as e:
         server.client().explain("u1", "i1")
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "SESA" in e.value.details()
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Explain: no bundle root configured" in e.value.details()
 
 
 def test_health_reports_serving_and_reflection_lists_the_service(server: ServerThread) -> None:
