@@ -72,6 +72,8 @@ _FACTORIES: dict[str, str | Callable[..., nn.Module]] = {
     # SESA: weights here; the frozen concept space (vocabulary, sparse item concept vectors,
     # users' declared concepts) in the extra files of recsys.concepts.space.space_files.
     "sesa": "recsys.models.sesa:sesa_from_kwargs",
+    # omni-modal item encoder; the embedding of every catalogue item in omni_items.parquet
+    "omni": "recsys.omni.fusion:omni_from_kwargs",
 }
 
 

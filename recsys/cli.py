@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,8 @@ def stage_train(cfg: PipelineConfig, resume: bool = True) -> dict[str, Any]:
     With ``resume`` an interrupted run in that directory continues where it stopped;
     without, training starts from scratch and replaces the checkpoints there."""
     p = _paths(cfg)
+    if cfg.model.kind == "omni":  # trains and exports in one go (two stages, no checkpoints)
+        return {"bundle": str(_train_omni(cfg, p["bundles"]))}
     if cfg.model.kind == "sesa":
         from recsys.concepts.train import train_sesa
 
@@ -174,10 +177,37 @@ def stage_train(cfg: PipelineConfig, resume: bool = True) -> dict[str, Any]:
     }
 
 
+def _train_omni(cfg: PipelineConfig, bundles: Path) -> Path:
+    """Train the omni-modal item encoder on the raw items and the train split; export it."""
+    from datetime import datetime
+
+    from recsys.omni.config import OmniConfig
+    from recsys.omni.pipeline import run_omni
+
+    test_from = cfg.prepare.split.test_from
+    before = datetime.fromisoformat(test_from).replace(tzinfo=UTC) if test_from else None
+    p = _paths(cfg)
+    omni = cfg.omni or OmniConfig()
+    return run_omni(
+        omni, p["raw"], p["examples"], bundles, items_before_time=before,
+        progress=cfg.train.progress,
+    )  # fmt: skip
+
+
+def stage_omni(cfg: PipelineConfig) -> dict[str, Any]:
+    """Omni-modal item embeddings into ``<output_dir>/omni_bundles`` when the config has an
+    ``omni:`` section (with ``model.kind: omni`` the train stage does it instead)."""
+    if cfg.omni is None or cfg.model.kind == "omni":
+        return {"skipped": "no omni section" if cfg.omni is None else "model.kind is omni"}
+    return {"bundle": str(_train_omni(cfg, cfg.out / "omni_bundles"))}
+
+
 def stage_export(cfg: PipelineConfig) -> dict[str, Any]:
     """Write the best checkpoint as a versioned bundle under ``<output_dir>/bundles``."""
     from recsys.training.export import export
 
+    if cfg.model.kind == "omni":
+        return {"skipped": "the omni train stage exported its bundle"}
     p = _paths(cfg)
     return {"bundle": str(export(cfg, p["checkpoints"], p["bundles"]))}
 
@@ -201,6 +231,8 @@ def stage_evaluate(
     from recsys.bundle import newest_version
     from recsys.evaluation.evaluate import compare_bundles, console_table, evaluate_bundle
 
+    if cfg.model.kind in ("sesa", "omni") and bundle is None:
+        return {"skipped": f"model.kind {cfg.model.kind!r}: see its benchmark (docs/benchmarks.md)"}
     p = _paths(cfg)
     bundle_dir = Path(bundle) if bundle else newest_version(p["bundles"])
     out = cfg.out / "evaluation" / bundle_dir.name
@@ -234,6 +266,9 @@ def stage_serve_check(cfg: PipelineConfig) -> dict[str, Any]:
     from serving.config import ServerConfig
     from serving.smoke import smoke_check
 
+    if cfg.model.kind == "omni":
+        return {"skipped": "omni bundles are read by batch jobs and match features, not served"}
+
     calls = smoke_check(ServerConfig.from_pipeline(cfg))
     codes = {name: c["code"] for name, c in calls.items() if isinstance(c, dict)}
     bad = {name: code for name, code in codes.items() if code not in _SERVE_CHECK_OK}
@@ -246,6 +281,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "source": stage_source,
     "prepare": stage_prepare,
     "materialize": stage_materialize,
+    "omni": stage_omni,
     "train": stage_train,
     "export": stage_export,
     "evaluate": stage_evaluate,
@@ -256,6 +292,7 @@ PIPELINE = (
     "source",
     "prepare",
     "materialize",
+    "omni",
     "train",
     "export",
     "evaluate",
@@ -338,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("source", "load the configured source into <output_dir>/raw and validate it")
     add("prepare", "Spark: raw logs -> training examples + manifest")
     add("materialize", "Spark: latest user/item features -> <output_dir>/online (+ Redis)")
+    add("omni", "train and export omni-modal item embeddings (when the config has omni:)")
     add("train", "train the configured model (TorchRec)")
     ev = add("evaluate", "offline metrics and report.html of a bundle on the test split")
     ev.add_argument("--bundle", help="bundle directory (default: the newest under bundles/)")

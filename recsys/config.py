@@ -44,6 +44,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+from recsys.omni.config import OmniConfig  # noqa: E402  (it subclasses Section, above)
+
+
 class SourceConfig(Section):
     """Where raw logs come from."""
 
@@ -244,7 +247,7 @@ class MatchSourceConfig(Section):
 class ModelConfig(Section):
     """Ranker (DCN-v2), two-tower and SESA model shapes (SESA's own keys: ``sesa``)."""
 
-    kind: Literal["ranker", "two_tower", "sesa"] = "ranker"
+    kind: Literal["ranker", "two_tower", "omni", "sesa"] = "ranker"
     cross_layers: PositiveInt = 3
     cross_low_rank: PositiveInt | None = None
     mlp: list[PositiveInt] = Field(default_factory=lambda: [128, 64])
@@ -350,6 +353,9 @@ class PipelineConfig(Section):
     sesa: SesaConfig = SesaConfig()
     train: TrainConfig = TrainConfig()
     serving: ServingConfig = ServingConfig()
+    # Omni-modal item embeddings: the pipeline's ``omni`` stage trains and exports them into
+    # ``<output_dir>/omni_bundles`` when this section is present (or model.kind is omni).
+    omni: OmniConfig | None = None
 
     @property
     def out(self) -> Path:

@@ -361,7 +361,9 @@ class World:
 
     def _images(self) -> list[bytes]:
         """PNG bytes per item: the main concept sets the shape and colour, the second concept
-        tints the background; position jitter and pixel noise on top."""
+        tints the background; position jitter and pixel noise on top. Production quality
+        follows the item's hidden appeal (``_media_appeal``): appealing items have clean,
+        contrasted images, unappealing ones noisy, washed-out ones, as real thumbnails do."""
         from PIL import Image
 
         s, n, k = self.cfg.image_size, self.num_items, self.cfg.num_concepts
@@ -376,7 +378,13 @@ class World:
         xx = (np.arange(s)[None, :] - dx[:, None]) % s
         shape = masks[main % len(masks)][np.arange(n)[:, None, None], yy[:, :, None], xx[:, None]]
         img = np.where(shape[..., None], palette[main][:, None, None, :], bg[:, None, None, :])
-        img = img + rng.normal(0.0, 12.0, img.shape)
+        quality = 1.0 / (1.0 + np.exp(-self._media_appeal(rng)))  # (n,) in (0, 1)
+        contrast = (0.5 + 0.5 * quality)[:, None, None, None]
+        img = 128.0 + (img - 128.0) * contrast
+        img = (
+            img
+            + rng.normal(0.0, 1.0, img.shape) * (4.0 + 24.0 * (1.0 - quality))[:, None, None, None]
+        )
         pixels = img.clip(0, 255).astype(np.uint8)
         out = []
         for i in range(n):  # per item: PNG encoding
@@ -386,11 +394,29 @@ class World:
         return out
 
     def _audio(self) -> np.ndarray:
-        """``(I, audio_dim)``: the weight-mix of concept prototypes plus noise."""
+        """``(I, audio_dim)``: the weight-mix of concept prototypes, a component along one
+        "appeal" direction that follows the hidden appeal (``_media_appeal``), a projection of
+        the hidden taste factors (when ``taste_dim > 0``), plus noise."""
         rng = stream_rng(self.cfg.seed, STREAM_WORLD, 3)
         proto = rng.normal(0.0, 1.0, (self.cfg.num_concepts, self.cfg.audio_dim))
         mix = (proto[self.item_concepts] * self.item_weights[..., None]).sum(1)
-        return mix + rng.normal(0.0, 0.5, mix.shape)
+        noise = rng.normal(0.0, 0.5, mix.shape)
+        direction = rng.normal(0.0, 1.0, self.cfg.audio_dim)
+        mix = mix + 0.4 * self._media_appeal(rng)[:, None] * direction[None, :]
+        if self.cfg.taste_dim:
+            t = self.cfg.taste_dim
+            proj = rng.normal(0.0, 1.0, (t, self.cfg.audio_dim)) / np.sqrt(t)
+            taste = self.item_taste / (self.item_taste.std() + 1e-12)
+            mix = mix + 0.5 * taste @ proj
+        return mix + noise
+
+    def _media_appeal(self, rng: np.random.Generator) -> np.ndarray:
+        """``(I,)`` the item's hidden appeal as its media show it: standardised log popularity
+        plus its creator's quality (in popularity units), seen through noise (std 0.5), so media
+        hint at, but do not reveal, how well an item will do."""
+        quality = self.creator_quality[self.item_creator] / 0.3
+        appeal = (self.item_pop_z + 0.5 * quality) / np.sqrt(1.25)
+        return appeal + rng.normal(0.0, 0.5, self.num_items)
 
 
 def _schema_with(schema: pa.Schema, extra_strings: list[str]) -> pa.Schema:

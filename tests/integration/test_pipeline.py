@@ -47,7 +47,7 @@ def _scores(bundle: Bundle, examples: Path, split: str) -> tuple[np.ndarray, np.
 
 def _check_run(out: Path) -> dict:
     summary = json.loads((out / "pipeline.json").read_text())
-    stages = ["source", "prepare", "materialize", "train", "export", "evaluate", "index"]
+    stages = ["source", "prepare", "materialize", "omni", "train", "export", "evaluate", "index"]
     stages.append("serve_check")
     assert list(summary["stages"]) == stages
     manifest = json.loads((out / "examples" / "manifest.json").read_text())
@@ -100,11 +100,18 @@ def test_simulated_world_runs_through_every_stage_and_learns(spark, tmp_path: Pa
             "source": {"kind": "simulator"},
             "simulator": {"num_users": 150, "num_items": 100, "days": 6, "with_media": False},
             "prepare": {"label": {"kind": "click"}},
+            "omni": {"modalities": ["text", "categorical"], "stage1_epochs": 2, "dim": 16,
+                     "matryoshka": [8, 16], "stage2_epochs": 1},
             **FAST,
         }
-    )
+    )  # fmt: skip
     summary = run_pipeline(cfg)
     summary = _check_run(cfg.out)
+    # the omni stage embedded every catalogue item, new ones included
+    omni = Path(summary["stages"]["omni"]["bundle"])
+    items = pd.read_parquet(cfg.out / "raw" / "items.parquet")
+    table = pd.read_parquet(omni / "omni_items.parquet")
+    assert sorted(table.item_id) == sorted(items.item_id)
     # Clicks follow a hidden affinity the features can see: better than chance on valid.
     assert summary["stages"]["train"]["valid_auc"] > 0.55
 

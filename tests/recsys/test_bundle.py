@@ -128,7 +128,7 @@ def test_the_library_registers_only_production_kinds():
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
-    assert done.stdout.split("\n")[0] == "['ranker', 'sesa', 'two_tower'] False"
+    assert done.stdout.split("\n")[0] == "['omni', 'ranker', 'sesa', 'two_tower'] False"
 
 
 @pytest.mark.parametrize("name", ["index", "index/codes.faiss"])

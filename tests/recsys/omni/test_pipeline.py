@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.bundle import load_bundle
+from recsys.omni.bundle import OMNI_TABLE, read_item_table
+from recsys.omni.config import OmniConfig
+from recsys.omni.pipeline import run_omni, train_split_cases
+
+
+def test_train_split_cases_hold_the_train_positives_with_their_history(
+    examples_dir: Path, items: pa.Table
+) -> None:
+    item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
+    cases = train_split_cases(examples_dir, item_ids, 3)
+    train = pq.read_table(examples_dir / "split=train").to_pandas()
+    known = train[(train.label > 0) & train.item_id.isin(set(item_ids))]
+    assert len(cases) == len(known) > 0
+    assert item_ids[cases.target].tolist() == known.item_id.tolist()
+    first = known.iloc[0]
+    expected = [h for h in list(first.history) if h in set(item_ids)][-3:]
+    assert [item_ids[r] for r in cases.history[0] if r >= 0] == expected
+
+
+def test_run_omni_exports_a_bundle_with_every_catalogue_item(
+    tmp_path: Path, examples_dir: Path, items: pa.Table, small_cfg: OmniConfig
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pq.write_table(items, raw / "items.parquet")
+    cfg = small_cfg.model_copy(update={"stage1_epochs": 1, "stage2_epochs": 1})
+    version = run_omni(cfg, raw, examples_dir, tmp_path / "bundles", progress=False)
+    bundle = load_bundle(version)
+    assert bundle.meta["model"]["kind"] == "omni"
+    assert bundle.meta["metrics"]["train_positives"] > 0
+    ids, vectors = read_item_table(version / OMNI_TABLE)
+    assert ids.tolist() == items["item_id"].to_pylist()
+    np.testing.assert_allclose(bundle.embed("item", items.to_pandas()), vectors, atol=1e-6)
