@@ -1,16 +1,27 @@
-"""Benchmark: spark_jobs/build_training_data.py throughput and driver memory vs input size.
+"""Benchmark: Spark prepare (``spark_jobs/build_training_data.run``) against the Spark floor.
 
+    .venv/bin/python benchmarks/prepare.py --out benchmarks/results/prepare_floor.json
+    .venv/bin/python benchmarks/prepare.py --quick          # MovieLens only
     .venv/bin/python benchmarks/prepare.py --sizes 1250000 2500000 5000000 \
-        --out benchmarks/results/prepare.json
-    .venv/bin/python benchmarks/prepare.py --quick         # 100k and 200k events
+        --out benchmarks/results/prepare.json              # throughput vs input size
 
-For each size the seeded simulator (``simulate_to_parquet``, no media) writes raw logs, then a
-fresh Python process runs the job on ``local[2]`` (Spark start-up excluded from the timing) and
-reports wall seconds, events/s, the driver's Python peak RSS and the driver JVM's peak RSS
-(sampled every 0.2 s with psutil; in local mode the JVM also runs the executors). Linearity:
-the time per event of each size relative to the smallest must stay within 1.5x.
-Prints a table and writes benchmarks/results/prepare.json (a full run refuses to replace it
-unless ``--out`` names it; ``--quick`` writes prepare_quick.json).
+Floor mode (the default). For each dataset (the bundled MovieLens ml-latest-small with
+configs/movielens.yaml; the simulated world of configs/simulated.yaml with media off, about 1M
+events) one worker process holds one Spark session (``local[2]``, 8 shuffle partitions, driver
+4g; start-up excluded) and runs, interleaved rep by rep (the order alternates, after one
+warm-up rep of each that is not counted):
+
+- ``floor``: the minimal Spark job with the same history on every row: read the raw events
+  Parquet, attach to each event the user's last ``history_length`` positive items strictly
+  before its ts (positives by the dataset's label rule), write Parquet. One action;
+- ``prepare``: the whole ``run()`` (validation, quarantine, labels, lt7/lt14, history, prior
+  counts, entity features, split, statistics, manifest, publish).
+
+Reported per dataset: medians of wall seconds, ``run() / floor``, Spark jobs launched by each
+(a job group per run, counted with the status tracker), output bytes (examples vs the floor's
+output). When ``duckdb`` is importable the same window in DuckDB (2 threads) is the single-node
+reference. The bars: ``run() / floor`` <= 2.5 on MovieLens and <= 2.0 on the simulated world.
+Other jobs may share the machine: the JSON records the load average before and after.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +44,253 @@ sys.path.insert(0, str(ROOT))
 from host import describe_host  # noqa: E402 - benchmarks/ is the script directory
 from result_file import command_line, output_path, write_result  # noqa: E402
 
-QUICK_SIZES = [100_000, 200_000]
+DATASETS = ("movielens", "simulated")
+REPS = 3
+
+
+# ----------------------------------------------------------------------------- floor mode
+
+
+def _raw_dir(dataset: str, work: Path) -> Path:
+    """Raw logs of ``dataset`` under ``work`` (written once, then reused)."""
+    from recsys.config import load_config
+
+    raw = work / f"raw-{dataset}"
+    if (raw / "events.parquet").exists():
+        return raw
+    if dataset == "movielens":
+        from recsys.sources.movielens import read_movielens
+
+        read_movielens(ROOT / "data" / "ml-latest-small").write(raw)
+    else:
+        from recsys.sources.simulator import simulate_to_parquet
+
+        sim = load_config(ROOT / "configs" / "simulated.yaml").simulator
+        simulate_to_parquet(sim.model_copy(update={"with_media": False}), raw)
+    return raw
+
+
+def floor_job(spark, raw: Path, out: Path, positive, history_length: int) -> None:  # noqa: ANN001
+    """The Spark floor: events -> the user's last ``history_length`` positives strictly before
+    each event (the as-of window prepare computes, nothing else) -> Parquet. One action."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ev = spark.read.parquet(str(raw / "events.parquet")).withColumn("ts_ms", F.unix_millis("ts"))
+    w = Window.partitionBy("user_id").orderBy("ts_ms", "item_id")
+    snaps = (
+        ev.filter(positive)
+        .select(
+            "user_id",
+            "ts_ms",
+            F.collect_list("item_id").over(w.rowsBetween(-(history_length - 1), 0)).alias("h"),
+            F.lead("ts_ms").over(w).alias("nxt"),
+        )
+        .filter(F.col("nxt").isNull() | (F.col("nxt") != F.col("ts_ms")))
+    )
+    rows = ev.select(
+        "user_id", "item_id", "ts", "event", "value", "ts_ms",
+        F.lit(0).alias("k"), F.lit(None).cast("array<string>").alias("h"),
+    ).unionByName(
+        snaps.select(
+            "user_id", F.lit(None).cast("string").alias("item_id"),
+            F.lit(None).cast("timestamp").alias("ts"), F.lit(None).cast("string").alias("event"),
+            F.lit(None).cast("double").alias("value"), "ts_ms", F.lit(1).alias("k"), "h",
+        )
+    )  # fmt: skip
+    upto = (
+        Window.partitionBy("user_id")
+        .orderBy("ts_ms", "k")
+        .rowsBetween(Window.unboundedPreceding, 0)
+    )
+    history = F.coalesce(F.last("h", ignorenulls=True).over(upto), F.array().cast("array<string>"))
+    (
+        rows.select("*", history.alias("history"))
+        .filter(F.col("k") == 0)
+        .drop("k", "h", "ts_ms")
+        .write.mode("overwrite")
+        .parquet(str(out))
+    )
+
+
+def _positive(cfg):  # noqa: ANN001, ANN202 - a Spark column
+    from pyspark.sql import functions as F
+
+    rule = cfg.prepare.label
+    if rule.kind == "rating":
+        return (F.col("event") == "rating") & (F.col("value") >= rule.threshold)
+    return F.col("event") == "click"
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*.parquet"))
+
+
+def _floor_worker(dataset: str, raw: str, work: str, reps: int, warmup: int) -> dict:
+    from recsys.config import SparkConfig, load_config
+    from spark_jobs import build_training_data as job
+    from spark_jobs.session import build_session
+
+    cfg = load_config(ROOT / "configs" / f"{dataset}.yaml")
+    spark_cfg = SparkConfig(master="local[2]", driver_memory="4g", shuffle_partitions=8)
+    cfg = cfg.model_copy(update={"spark": spark_cfg})
+    spark = build_session(spark_cfg)
+    sc = spark.sparkContext
+    runs: dict[str, list[dict]] = {"floor": [], "prepare": []}
+
+    def one(kind: str, tag: str) -> dict:
+        group = f"{kind}-{tag}"
+        sc.setJobGroup(group, group)
+        out = Path(work) / f"out-{dataset}-{kind}"
+        t0 = time.perf_counter()
+        if kind == "floor":
+            floor_job(spark, Path(raw), out, _positive(cfg), cfg.prepare.history_length)
+            rows = None
+        else:
+            rows = job.run(cfg, raw, out, spark)["counts"]["examples"]
+            out = out / "examples"
+        seconds = time.perf_counter() - t0
+        return {
+            "seconds": seconds,
+            "spark_jobs": len(sc.statusTracker().getJobIdsForGroup(group)),
+            "output_bytes": _dir_bytes(out),
+            "examples": rows,
+        }
+
+    for r in range(warmup + reps):
+        order = ("floor", "prepare") if r % 2 == 0 else ("prepare", "floor")
+        for kind in order:
+            res = one(kind, str(r))
+            if r >= warmup:
+                runs[kind].append(res)
+            print(f"#   rep {r - warmup}: {kind} {res['seconds']:.1f}s", file=sys.stderr)
+    events = spark.read.parquet(str(Path(raw) / "events.parquet")).count()
+    spark.stop()
+    return {"events": events, "runs": runs}
+
+
+def _duckdb_seconds(raw: Path, cfg, reps: int) -> list[float] | None:  # noqa: ANN001
+    """The floor's window in DuckDB (2 threads), or None when duckdb is not installed."""
+    try:
+        import duckdb
+    except ImportError:
+        return None
+    rule = cfg.prepare.label
+    pos = (
+        f"event = 'rating' AND value >= {rule.threshold}"
+        if rule.kind == "rating"
+        else "event = 'click'"
+    )
+    n = cfg.prepare.history_length
+    sql = f"""
+    COPY (
+      WITH ev AS (SELECT *, epoch_ms(ts) AS ts_ms FROM read_parquet('{raw}/events.parquet')),
+      snaps AS (
+        SELECT user_id, ts_ms, h FROM (
+          SELECT user_id, ts_ms,
+            list(item_id) OVER (PARTITION BY user_id ORDER BY ts_ms, item_id
+                                ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW) AS h,
+            lead(ts_ms) OVER (PARTITION BY user_id ORDER BY ts_ms, item_id) AS nxt
+          FROM ev WHERE {pos}) WHERE nxt IS NULL OR nxt <> ts_ms),
+      rows AS (
+        SELECT user_id, item_id, ts, event, value, ts_ms, 0 AS k, NULL::VARCHAR[] AS h FROM ev
+        UNION ALL SELECT user_id, NULL, NULL, NULL, NULL, ts_ms, 1, h FROM snaps)
+      SELECT * EXCLUDE (k, h, ts_ms, last_h), coalesce(last_h, []) AS history FROM (
+        SELECT *, last(h IGNORE NULLS) OVER (PARTITION BY user_id ORDER BY ts_ms, k
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS last_h FROM rows)
+      WHERE k = 0
+    ) TO '{raw.parent}/duckdb-out.parquet' (FORMAT parquet)
+    """
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        con.execute(sql)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def floor_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from recsys.config import load_config
+
+    datasets = ["movielens"] if args.quick else list(args.datasets)
+    reps = args.reps
+    out = output_path("prepare_floor", args.quick, args.out)
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-floor-"))
+    load_before = os.getloadavg()[0]
+    print(
+        f"# prepare vs Spark floor: datasets {datasets}, local[2], 8 shuffle partitions, "
+        f"{reps} interleaved reps (+{args.warmup} warm-up), medians"
+    )
+    print(f"# machine: {describe_host()}")
+    results = {}
+    for dataset in datasets:
+        raw = _raw_dir(dataset, work)
+        res = subprocess.run(
+            [sys.executable, __file__, "--floor-worker", dataset, str(raw), str(work)]
+            + ["--reps", str(reps), "--warmup", str(args.warmup)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        sys.stderr.write(res.stderr[-2000:] if res.returncode else "")
+        if res.returncode != 0:
+            return 1
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        floor, prep = r["runs"]["floor"], r["runs"]["prepare"]
+        ratios = [p["seconds"] / f["seconds"] for p, f in zip(prep, floor, strict=True)]
+        cfg = load_config(ROOT / "configs" / f"{dataset}.yaml")
+        duck = _duckdb_seconds(raw, cfg, reps)
+        bar = 2.5 if dataset == "movielens" else 2.0
+        results[dataset] = {
+            "events": r["events"],
+            "examples": prep[0]["examples"],
+            "floor_seconds": _median(floor, "seconds"),
+            "prepare_seconds": _median(prep, "seconds"),
+            "prepare_over_floor": statistics.median(ratios),
+            "prepare_over_floor_per_rep": ratios,
+            "bar": bar,
+            "meets_bar": statistics.median(ratios) <= bar,
+            "floor_spark_jobs": floor[0]["spark_jobs"],
+            "prepare_spark_jobs": prep[0]["spark_jobs"],
+            "floor_output_bytes": floor[0]["output_bytes"],
+            "prepare_output_bytes": prep[0]["output_bytes"],
+            "duckdb_seconds": None if duck is None else statistics.median(duck),
+            "runs": r["runs"],
+        }
+    print()
+    print(
+        f"{'dataset':>10} {'events':>10} {'floor s':>8} {'prepare s':>10} {'ratio':>6} "
+        f"{'bar':>4} {'jobs floor/prep':>16} {'MB floor/prep':>14} {'duckdb s':>9}"
+    )
+    for name, d in results.items():
+        duck = "n/a" if d["duckdb_seconds"] is None else f"{d['duckdb_seconds']:.2f}"
+        print(
+            f"{name:>10} {d['events']:>10,} {d['floor_seconds']:>8.1f} "
+            f"{d['prepare_seconds']:>10.1f} {d['prepare_over_floor']:>6.2f} {d['bar']:>4} "
+            f"{d['floor_spark_jobs']:>7}/{d['prepare_spark_jobs']:<8} "
+            f"{d['floor_output_bytes'] / 2**20:>6.1f}/{d['prepare_output_bytes'] / 2**20:<7.1f} "
+            f"{duck:>9}"
+        )
+    setup = {
+        "master": "local[2]",
+        "shuffle_partitions": 8,
+        "reps": reps,
+        "warmup": args.warmup,
+        "machine": describe_host(),
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg()[0],
+        "duckdb": results and next(iter(results.values()))["duckdb_seconds"] is not None,
+        "command": command_line("prepare.py", argv),
+    }
+    write_result(out, {"setup": setup, "datasets": results})
+    return 0
+
+
+# ----------------------------------------------------------------------------- size mode
 
 
 def _worker(raw: str, out: str, master: str, partitions: int) -> dict:
@@ -159,21 +417,8 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=None, help="events (1M 5M)")
-    p.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}")
-    p.add_argument("--master", default="local[2]")
-    p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
-    p.add_argument("--out", default=None, help="JSON path (default: results/prepare.json)")
-    p.add_argument("--resummarize", action="store_true", help="re-print --out without running")
-    p.add_argument("--worker", nargs=2, metavar=("RAW", "OUT"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        print(json.dumps(_worker(*args.worker, args.master, args.partitions)))
-        return 0
-
+def sizes_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Throughput and driver memory of ``run()`` against input size (``--sizes``)."""
     if args.resummarize:
         if not args.out:
             raise SystemExit("--resummarize: name the JSON to re-print with --out")
@@ -182,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         data.pop("linear_within_1_5x", None)
         write_result(Path(args.out), data)
         return 0
-    sizes = args.sizes or (QUICK_SIZES if args.quick else [1_000_000, 5_000_000])
-    out = output_path("prepare", args.quick, args.out)
+    sizes = args.sizes
+    out = output_path("prepare", False, args.out)
 
     from recsys.config import SimulatorConfig
     from recsys.sources.simulator import simulate_to_parquet
@@ -242,6 +487,34 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_result(out, {"setup": setup, "rows": rows, **summary})
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="floor mode on MovieLens only")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--reps", type=int, default=REPS, help="interleaved reps (medians)")
+    p.add_argument("--warmup", type=int, default=1, help="uncounted reps first")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="size mode: events")
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
+    p.add_argument("--out", default=None, help="JSON path (default: results/prepare_floor.json)")
+    p.add_argument("--resummarize", action="store_true", help="re-print --out without running")
+    p.add_argument("--worker", nargs=2, metavar=("RAW", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--floor-worker", nargs=3, metavar=("DATASET", "RAW", "WORK"), help=argparse.SUPPRESS
+    )
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(*args.worker, args.master, args.partitions)))
+        return 0
+    if args.floor_worker:
+        print(json.dumps(_floor_worker(*args.floor_worker, args.reps, args.warmup)))
+        return 0
+    if args.sizes or args.resummarize:
+        return sizes_mode(args, argv)
+    return floor_mode(args, argv)
 
 
 if __name__ == "__main__":

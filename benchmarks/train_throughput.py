@@ -11,6 +11,15 @@ the table shows medians and the ratio to collisionless.
     .venv/bin/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
     .venv/bin/python benchmarks/train_throughput.py --profile --out /tmp/profile.json
     .venv/bin/python benchmarks/train_throughput.py --quick   # 1 rep: collisionless vs 2x8@1/4
+    .venv/bin/python benchmarks/train_throughput.py --pipeline \
+        --out benchmarks/results/train_pipeline.json             # train() vs its own step
+
+``--pipeline`` measures the input pipeline instead of the tables: ``train()`` (examples/s over
+all its epochs, the trainer's own timer: first-batch waits included, validation excluded) vs
+the same model's training step (``training_loss``, backward, both optimizers) over batches
+built beforehand and held in a list, each in its own child, interleaved, ``--reps`` times
+(default 3); the bar is ``train() >= 0.95x`` its own step. Memory: each child's peak RSS and
+the featurised training split ``train()`` kept in memory (``train.in_memory_mb``).
 
 Examples come from ``runs/<dataset>/examples`` (built by the pipeline when missing). A full run
 without ``--out`` refuses to replace ``benchmarks/results/train_throughput.json``.
@@ -129,6 +138,154 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def prebuilt_child(args: argparse.Namespace) -> dict:
+    """The trainer's step over pre-built batches: every batch of the training split featurised
+    first (not timed), then ``epochs`` passes over the list (timed)."""
+    import torch
+
+    from recsys.features.batcher import ExampleBatcher
+    from recsys.training.distributed import all_sum, dense_parameters, init_distributed, shard
+    from recsys.training.model_factory import build_model, read_spec, seed_everything
+    from recsys.training.trainer import training_loss
+
+    cfg = child_config(args.dataset, args.kind, args.epochs, args.threads, args.batch_size)
+    exdir = ROOT / cfg.out / "examples"
+    spec = read_spec(exdir)
+    env = init_distributed()
+    try:
+        seed_everything(cfg.train.seed)
+        inner = build_model(cfg, spec, exdir)
+        model = shard(inner, env, embedding_lr=cfg.train.lr_embedding, sharding=cfg.train.sharding)
+        bare = model.module
+        opt = torch.optim.AdamW(
+            dense_parameters(model), lr=cfg.train.lr_dense, weight_decay=cfg.train.weight_decay
+        )
+        batcher = ExampleBatcher(
+            exdir, "train", spec, cfg.train.batch_size, shuffle=True, seed=0, prefetch=0
+        )
+        batches = list(batcher)
+        model.train()
+        seen, t0 = 0, time.perf_counter()
+        for _ in range(args.epochs):
+            for b in batches:
+                loss = training_loss(model, bare, b, cfg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                _, rows = all_sum([float(loss.detach()), float(len(b.labels))], env)
+                seen += int(rows)
+        seconds = time.perf_counter() - t0
+    finally:
+        env.close()
+    return {"examples_per_s": seen / seconds, "examples": seen, "seconds": seconds}
+
+
+def pipeline_child(args: argparse.Namespace) -> int:
+    """One pipeline measurement (``--mode train`` or ``prebuilt``): print one JSON line."""
+    import torch
+
+    from recsys.training import train
+
+    torch.set_num_threads(args.threads)
+    base_rss = rss_mib()
+    if args.mode == "prebuilt":
+        out = prebuilt_child(args)
+    else:
+        cfg = child_config(args.dataset, args.kind, args.epochs, args.threads, args.batch_size)
+        with tempfile.TemporaryDirectory(prefix="pipeline-") as tmp:
+            result = train(cfg, ROOT / cfg.out / "examples", tmp, resume=False)
+        examples = sum(m["train_examples"] for m in result.metrics)
+        seconds = sum(m["train_examples"] / m["examples_per_s"] for m in result.metrics)
+        out = {
+            "examples_per_s": examples / seconds,
+            "examples_per_s_epochs": [m["examples_per_s"] for m in result.metrics],
+            "examples": examples,
+            "seconds": seconds,
+            "train_memory_mib": result.train_memory_bytes / 2**20,
+        }
+    out.update(mode=args.mode, peak_rss_mib=peak_rss_mib(), rss_after_imports_mib=base_rss)
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def pipeline_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--pipeline``: train() vs its own step on pre-built batches, interleaved children."""
+    from recsys.config import load_config
+
+    reps = args.reps or 3
+    kind = args.kinds or "unified 2x8@1/4"
+    out = output_path("train_pipeline", args.quick, args.out)
+    base = load_config(ROOT / CONFIGS[args.dataset])
+    exdir = ensure_examples(ROOT / CONFIGS[args.dataset], {}, ROOT / base.out / "examples")
+    manifest = json.loads((exdir / "manifest.json").read_text())
+    print(f"# machine: {describe_host()}; {args.threads} torch thread(s) per child")
+    print(
+        f"# data: {args.dataset} train split, {manifest['counts']['train']:,} rows; tables "
+        f"{kind}; {args.epochs} epochs per child; {reps} repetitions, modes interleaved; "
+        f"train.in_memory_mb {base.train.in_memory_mb}"
+    )
+    sys.stdout.flush()
+    samples: dict[str, list[dict]] = {"train": [], "prebuilt": []}
+    for rep in range(reps):
+        for mode in ("train", "prebuilt") if rep % 2 == 0 else ("prebuilt", "train"):
+            cmd = [
+                sys.executable, __file__, "--pipeline-child", "--mode", mode, "--kind", kind,
+                "--dataset", args.dataset, "--epochs", str(args.epochs),
+                "--threads", str(args.threads),
+            ]  # fmt: skip
+            if args.batch_size:
+                cmd += ["--batch-size", str(args.batch_size)]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                raise RuntimeError(f"{mode} child failed:\n{proc.stderr[-3000:]}")
+            samples[mode].append(json.loads(lines[-1][len("RESULT ") :]))
+            print(f"#   rep {rep}: {mode} {samples[mode][-1]['examples_per_s']:,.0f} ex/s")
+    med = {m: float(np.median([s["examples_per_s"] for s in v])) for m, v in samples.items()}
+    ratio = med["train"] / med["prebuilt"]
+    summary = {
+        "train_examples_per_s_median": med["train"],
+        "prebuilt_step_examples_per_s_median": med["prebuilt"],
+        "train_over_prebuilt": ratio,
+        "meets_0_95": ratio >= 0.95,
+        "train_memory_mib": samples["train"][0]["train_memory_mib"],
+        "peak_rss_mib_median": {
+            m: float(np.median([s["peak_rss_mib"] for s in v])) for m, v in samples.items()
+        },
+    }
+    print()
+    print("| measured | examples/s (median) | min–max | peak RSS MiB |")
+    print("|---|---:|---|---:|")
+    for m, label in (("train", "train()"), ("prebuilt", "its step on pre-built batches")):
+        eps = [s["examples_per_s"] for s in samples[m]]
+        print(
+            f"| {label} | {med[m]:,.0f} | {min(eps):,.0f}–{max(eps):,.0f} "
+            f"| {summary['peak_rss_mib_median'][m]:.0f} |"
+        )
+    print(
+        f"\ntrain() / pre-built step: {ratio:.3f} (bar 0.95); featurised split in memory: "
+        f"{summary['train_memory_mib']:.1f} MiB"
+    )
+    payload = {
+        "setup": {
+            "machine": describe_host(),
+            "dataset": args.dataset,
+            "examples": shown(exdir),
+            "train_rows": manifest["counts"]["train"],
+            "tables": kind,
+            "epochs": args.epochs,
+            "reps": reps,
+            "threads": args.threads,
+            "in_memory_mb": base.train.in_memory_mb,
+        },
+        "summary": summary,
+        "samples": samples,
+        "command": command_line("train_throughput.py", argv),
+    }
+    write_result(out, payload)
+    return 0
+
+
 def run_child(args: argparse.Namespace, kind: str, profile_out: str | None = None) -> dict:
     cmd = [
         sys.executable,
@@ -244,12 +401,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--profile", action="store_true", help="also print where the time goes")
     p.add_argument("--out", default=None, help="JSON path (default: results/train_throughput.json)")
+    p.add_argument("--pipeline", action="store_true", help="train() vs its own step")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--pipeline-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=("train", "prebuilt"), help=argparse.SUPPRESS)
     p.add_argument("--kind", help=argparse.SUPPRESS)
     p.add_argument("--profile-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args)
+    if args.pipeline_child:
+        return pipeline_child(args)
+    if args.pipeline:
+        return pipeline_main(args, argv)
 
     from tqdm import tqdm
 

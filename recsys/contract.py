@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys.features.sparse_rule import STORED_AS
+
 TS_TYPE = pa.timestamp("ms", tz="UTC")
 STR_LIST = pa.list_(pa.string())
 
@@ -180,7 +182,8 @@ def validate_table(
     Checks: required columns present; types exact (no coercion); non-nullable columns have no
     nulls; ids are non-empty; ``events.event`` in EVENT_KINDS; ``examples.label`` in {0, 1},
     ``examples.split`` in SPLITS, ``lt7`` in 1..7 and ``lt14`` in 1..14; for examples, each
-    column named in ``sparse`` is ``list<string>``.
+    feature named in ``sparse`` has a ``list<string>`` column (its own, or the one examples
+    store it under: ``history`` for ``s_history``).
     """
     c = CONTRACTS[contract] if isinstance(contract, str) else contract
     report = ValidationReport(c.name, table.num_rows)
@@ -204,14 +207,17 @@ def validate_table(
                 add(Violation(c.name, col.name, "empty id", n, rows))
     _check_values(table, c, add)
     for name in sparse or []:
-        if name not in table.column_names:
+        # a feature examples store under another column (s_history as history) is checked there
+        column = name if name in table.column_names else STORED_AS.get(name, name)
+        if column not in table.column_names:
             add(Violation(c.name, name, "missing sparse feature column"))
-        elif table.schema.field(name).type != STR_LIST:
+        elif table.schema.field(column).type != STR_LIST:
             add(
                 Violation(
                     c.name,
-                    name,
-                    f"sparse feature type is {table.schema.field(name).type}, expected {STR_LIST}",
+                    column,
+                    f"sparse feature type is {table.schema.field(column).type}, "
+                    f"expected {STR_LIST}",
                 )
             )
     return report

@@ -17,7 +17,9 @@ atomically switched pointer, ``spark_jobs.publication``; a failed or killed run 
 previous output untouched; a re-run replaces it with identical content):
 
 - ``examples/split=train|valid|test/part-*.parquet`` and ``examples/manifest.json``;
-- ``quarantine/<table>/``: rejected rows with their original columns and a ``reason``:
+- ``quarantine/<table>/`` (only for tables that rejected rows; readers take a missing one as
+  empty: ``spark_jobs.quality.read_quarantine``): rejected rows with their original columns and
+  a ``reason``:
   ``malformed_json`` (the line, in ``_corrupt_record``), ``missing_id``, ``bad_ts`` (null or
   unparseable), ``ts_out_of_window`` (outside ``[prepare.min_ts, prepare.max_ts)``, default
   1970-01-01..2100-01-01: negative, far-future or int64-overflowing times), ``unknown_event``,
@@ -36,7 +38,8 @@ Steps, all as Spark plans (nothing but small aggregates reaches the driver):
 4. ``lt7``/``lt14``: the user's distinct active days (any event kind) in the 7/14 days starting
    the event's UTC day;
 5. ``history``: the user's last ``history_length`` positive items with ts strictly before the
-   event's ts (oldest first); positives at the same ts are never visible;
+   event's ts (oldest first); positives at the same ts are never visible. It is also the
+   sparse feature ``s_history``, which examples do not store a second time;
 6. dense features from strictly earlier events only: ``d_user_prior_events``,
    ``d_user_prior_positives``, ``d_item_prior_events``, ``d_item_prior_positives`` (log1p of
    counts), ``d_item_age_days`` (when items have ``created_ts``; >= 0);
@@ -46,56 +49,75 @@ Steps, all as Spark plans (nothing but small aggregates reaches the driver):
    ``< test_from`` valid, else test; cut-offs from ``prepare.split`` (ISO dates, UTC when no
    offset) or ``approxQuantile`` of example ts; ``user_time`` - per user, examples ordered by
    (ts, item_id): the last ``floor(n * test_fraction)`` test, the ``floor(n * valid_fraction)``
-   before them valid, the rest train (window functions; rows without a user_id fall back to
-   the global time cut-offs). Features are as-of each event either way;
+   before them valid, the rest train (a running count in the user's window; no quantile).
+   Features are as-of each event either way;
 9. feature statistics (``spark_jobs.stats``) of the TRAIN split only into the manifest: they
-   size embedding tables and standardise dense inputs, so valid/test must not leak into them.
+   size embedding tables and standardise dense inputs, so valid/test must not leak into them;
+10. the item concept vocabulary (``manifest.concepts``, docs/data-contract.md).
+
+How the steps run as few Spark passes as possible is described above ``event_keys`` and in
+docs/spark.md ("How it runs").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import operator
 import re
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script (spark-submit): make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyspark.sql import DataFrame, SparkSession, Window  # noqa: E402
+from pyspark.sql import DataFrame, Row, SparkSession, Window  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402
 
-from recsys.config import PipelineConfig, PrepareConfig, load_config  # noqa: E402
+from recsys.config import LabelRule, PipelineConfig, PrepareConfig, load_config  # noqa: E402
 from recsys.contract import EVENT_KINDS  # noqa: E402
 from recsys.features.sparse_rule import (  # noqa: E402
     CONCEPT_SEPARATOR,
+    CONCEPTS,
     ColumnKind,
     Derivation,
     SparseFeature,
     context_features,
     entity_features,
+    example_column,
 )
+from recsys.features.vocabulary import concept_vocabulary  # noqa: E402
 from spark_jobs.job_run import JobRun  # noqa: E402
-from spark_jobs.quality import REASON, DataQualityError, first_reason  # noqa: E402
+from spark_jobs.quality import REASON, DataQualityError, count_rows, first_reason  # noqa: E402
 from spark_jobs.session import build_session  # noqa: E402
-from spark_jobs.stats import arrow_schema  # noqa: E402
+from spark_jobs.stats import arrow_schema, example_statistics, summary_row  # noqa: E402
 from spark_jobs.storage import Storage  # noqa: E402
 
 __all__ = [
     "DataQualityError",
     "build_examples",
+    "concept_counts",
+    "event_keys",
     "label_examples",
     "main",
     "read_raw_table",
     "run",
-    "split_column",
+    "split_cutoffs",
+    "user_rows",
 ]
 
 DAY_MS = 86_400_000
+SPLITS = ("train", "valid", "test")
+HISTORY_COLUMN = "history"
+# The plan is partitioned by hand (two shuffles of narrow rows, broadcast joins of the entity
+# tables, one sort per user): adaptive execution would only cut each action into one Spark job
+# per query stage (37 instead of 10 on MovieLens), each with its own scheduling cost.
+RUN_SETTINGS = {"spark.sql.adaptive.enabled": "false"}
 # Tolerance for floor(n * fraction): 30 * 0.1 must be 3 even when the product rounds below it.
 _FLOOR_EPS = 1e-9
 
@@ -476,18 +498,6 @@ def _item_features(good: DataFrame, positives: DataFrame) -> DataFrame:
     )
 
 
-def _activity(good: DataFrame) -> DataFrame:
-    """Per (user_id, day): ``lt7``/``lt14``, distinct active days in [day, day+7) / +14)."""
-    days = good.select("user_id", "day").distinct()
-    w = Window.partitionBy("user_id").orderBy("day")
-    return days.select(
-        "user_id",
-        "day",
-        F.count("*").over(w.rangeBetween(0, 6)).cast("byte").alias("lt7"),
-        F.count("*").over(w.rangeBetween(0, 13)).cast("byte").alias("lt14"),
-    )
-
-
 def _parse_cutoff(value: str, key: str) -> int:
     try:
         dt = datetime.fromisoformat(value)
@@ -502,14 +512,20 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def split_cutoffs(examples: DataFrame, prepare: PrepareConfig) -> tuple[int, int]:
-    """``(valid_from_ms, test_from_ms)``: explicit ISO cut-offs, or approxQuantile of ts."""
+def split_cutoffs(examples: DataFrame | None, prepare: PrepareConfig) -> tuple[int, int] | None:
+    """``(valid_from_ms, test_from_ms)`` of ``split.by="time"``: the explicit ISO cut-offs, or
+    ``approxQuantile`` of the examples' ``ts_ms`` (relative error ``prepare.quantile_error``);
+    None for ``user_time``, whose split needs no global cut-off (every example has a user)."""
     s = prepare.split
     if (s.valid_from is None) != (s.test_from is None):
         raise ValueError("prepare.split: set both valid_from and test_from, or neither")
+    if s.by == "user_time":
+        return None
     if s.valid_from is not None and s.test_from is not None:
         v, t = _parse_cutoff(s.valid_from, "valid_from"), _parse_cutoff(s.test_from, "test_from")
     else:
+        if examples is None:
+            raise ValueError("prepare.split: fractions need the examples to derive cut-offs from")
         qs = [1.0 - s.valid_fraction - s.test_fraction, 1.0 - s.test_fraction]
         got = examples.approxQuantile("ts_ms", qs, prepare.quantile_error)
         if len(got) != 2:
@@ -520,104 +536,295 @@ def split_cutoffs(examples: DataFrame, prepare: PrepareConfig) -> tuple[int, int
     return v, t
 
 
-def split_column(prepare: PrepareConfig, cutoffs: tuple[int, int]) -> F.Column:
-    """``"train"|"valid"|"test"`` per example (needs ``user_id, item_id, ts_ms, label``).
+# ----------------------------------------------------------------------------- the pipeline
+#
+# Two shuffles of narrow rows carry the job. The valid events are partitioned by item: one
+# aggregation per (item, user, ts) de-duplicates them and applies the label rule, and one window
+# counts the item's earlier events and positives (``event_keys``). Those key rows are then
+# partitioned by user, and ONE sort of each user's timeline (events, history snapshots and
+# active days, unioned) gives the history, the user's prior counts, lt7/lt14 and the per-user
+# split (``user_rows``). Entity features join the user-partitioned rows last (broadcast when
+# the entity tables are small), and the examples are written without sorting them by split.
 
-    ``by="time"``: global cut-offs ``(valid_from_ms, test_from_ms)``. ``by="user_time"``: the
-    user's last ``floor(n * test_fraction)`` examples in (ts, item_id) order are test, the
-    ``floor(n * valid_fraction)`` before them valid, the rest train; null user ids use the
-    global cut-offs.
+KEY = ("item_id", "user_id", "ts_ms")
+
+
+def _label_columns(rule: LabelRule) -> tuple[F.Column, F.Column]:
+    """``(is_example, label)`` of an event key from its ``_has_<kind>`` flags and values."""
+    if rule.kind == "rating":
+        stars = F.col("_rating")
+        example = stars.isNotNull()
+        if rule.drop_between is not None:
+            example = example & ~((stars >= rule.drop_between) & (stars < rule.threshold))
+        return example, stars >= rule.threshold
+    example = F.col("_has_impression") == 1
+    if rule.kind == "click":
+        return example, F.col("_has_click") == 1
+    return example, F.coalesce(F.col("_signal") >= rule.threshold, F.lit(False))
+
+
+def event_keys(good: DataFrame, prepare: PrepareConfig, partitions: int) -> DataFrame:
+    """One row per valid ``(item_id, user_id, ts_ms)``, partitioned by item.
+
+    Events sharing user, item, ts and kind count once (the de-duplication). Columns: the key,
+    ``day``, ``_n`` (de-duplicated events at the key), ``_has_<kind>`` (0/1 per event kind),
+    ``_example`` (the label rule makes an example of the key: a ``rating`` with a value outside
+    ``drop_between``, or an ``impression``), ``label`` (byte), ``_pos`` (0/1: a positive
+    example) and the item's events and positives strictly before ts (``_item_prior_events``,
+    ``_item_prior_pos``).
+
+    ``good``: valid events ``user_id, item_id, ts_ms, event, value``.
     """
-    valid_ms, test_ms = cutoffs
-    by_time = (
-        F.when(F.col("ts_ms") < valid_ms, "train")
-        .when(F.col("ts_ms") < test_ms, "valid")
-        .otherwise("test")
+    flags = [F.max((F.col("event") == k).cast("int")).alias(f"_has_{k}") for k in EVENT_KINDS]
+    keys = (
+        good.repartition(partitions, "item_id")
+        .groupBy(*KEY)
+        .agg(
+            *flags,
+            F.max(F.when(F.col("event") == "rating", F.col("value"))).alias("_rating"),
+            F.max(F.when(F.col("event").isin("click", "dwell"), F.col("value"))).alias("_signal"),
+        )
     )
+    example, label = _label_columns(prepare.label)
+    keys = keys.select(
+        *KEY,
+        F.floor(F.col("ts_ms") / DAY_MS).cast("int").alias("day"),
+        reduce(operator.add, [F.col(f"_has_{k}") for k in EVENT_KINDS]).alias("_n"),
+        *[f"_has_{k}" for k in EVENT_KINDS],
+        example.alias("_example"),
+        label.cast("byte").alias("label"),
+    ).withColumn("_pos", (F.col("_example") & (F.col("label") == 1)).cast("int"))
+    before = (
+        Window.partitionBy("item_id").orderBy("ts_ms").rangeBetween(Window.unboundedPreceding, -1)
+    )
+    return keys.select(
+        "*",
+        F.coalesce(F.sum("_n").over(before), F.lit(0)).alias("_item_prior_events"),
+        F.coalesce(F.sum("_pos").over(before), F.lit(0)).alias("_item_prior_pos"),
+    )
+
+
+def _history_snapshots(positives: DataFrame, history_length: int) -> DataFrame:
+    """Per (user, ts) with positives: ``_hist``, the user's last ``history_length`` positive
+    items up to and including ts in (ts, item_id) order, and ``_npos``, the positives so far."""
+    w = Window.partitionBy("user_id").orderBy("ts_ms", "item_id")
+    if history_length > 0:
+        hist = F.collect_list("item_id").over(w.rowsBetween(-(history_length - 1), 0))
+    else:
+        hist = _empty()
+    return positives.select(
+        "user_id",
+        "ts_ms",
+        "day",
+        hist.alias("_hist"),
+        F.count("*").over(w.rowsBetween(Window.unboundedPreceding, 0)).alias("_npos"),
+        F.lead("ts_ms").over(w).alias("_next_ts"),
+    ).filter(F.col("_next_ts").isNull() | (F.col("_next_ts") != F.col("ts_ms")))
+
+
+def user_rows(
+    keys: DataFrame, prepare: PrepareConfig, cutoffs: tuple[int, int] | None, partitions: int
+) -> DataFrame:
+    """The examples among ``keys`` (``event_keys``) with what the user's timeline gives them,
+    partitioned by user: ``history`` (last ``history_length`` positives strictly before ts,
+    oldest first), ``_user_prior_events`` / ``_user_prior_pos`` (strictly before ts),
+    ``lt7`` / ``lt14`` (active days in the 7 / 14 days starting the event's UTC day) and
+    ``split``.
+
+    The user's rows, history snapshots (one per ts with positives, sorted after that ts's
+    events, so an event never sees positives of its own ts) and active days are unioned and
+    sorted once by (day, ts, kind, item, label); every window below reads that one order.
+    """
+    by_user = keys.repartition(partitions, "user_id")
+    null_list = F.lit(None).cast("array<string>")
+
+    def row(
+        src: DataFrame, kind: int, *, hist: F.Column = null_list, npos: F.Column | None = None
+    ) -> DataFrame:
+        cols = {c: F.col(c) if c in src.columns else F.lit(None) for c in ("item_id", "label")}
+        zero = F.lit(0)
+        return src.select(
+            "user_id",
+            cols["item_id"].cast("string").alias("item_id"),
+            (F.col("ts_ms") if "ts_ms" in src.columns else F.col("day").cast("long") * DAY_MS)
+            .cast("long")
+            .alias("ts_ms"),
+            "day",
+            cols["label"].cast("byte").alias("label"),
+            (F.col("_example").cast("int") if kind == 0 else zero).alias("_example"),
+            (F.col("_n") if kind == 0 else zero).cast("long").alias("_n"),
+            *[
+                (F.col(c) if kind == 0 else zero).cast("long").alias(c)
+                for c in ("_item_prior_events", "_item_prior_pos")
+            ],
+            F.lit(kind).alias("_k"),
+            hist.alias("_hist"),
+            (npos if npos is not None else F.lit(None)).cast("long").alias("_npos"),
+            F.lit(int(kind == 2)).alias("_dayrow"),
+        )
+
+    snaps = _history_snapshots(by_user.filter(F.col("_pos") == 1), prepare.history_length)
+    timeline = (
+        row(by_user, 0)
+        .unionByName(row(snaps, 1, hist=F.col("_hist"), npos=F.col("_npos")))
+        .unionByName(row(by_user.select("user_id", "day").distinct(), 2))
+    )
+    order = ("day", "ts_ms", "_k", "item_id", "label")
+    upto = Window.partitionBy("user_id").orderBy(*order).rowsBetween(Window.unboundedPreceding, 0)
+    same_ts = (
+        Window.partitionBy("user_id", "day", "ts_ms")
+        .orderBy(*order[2:])
+        .rowsBetween(Window.unboundedPreceding, 0)
+    )
+    by_day = Window.partitionBy("user_id").orderBy("day")
+    # The narrow windows first, the one that carries history arrays last: every window
+    # operator copies the rows it buffers.
+    counted = timeline.select(
+        "*",
+        F.sum("_dayrow").over(by_day.rangeBetween(0, 6)).cast("byte").alias("lt7"),
+        F.sum("_dayrow").over(by_day.rangeBetween(0, 13)).cast("byte").alias("lt14"),
+        F.sum("_example").over(Window.partitionBy("user_id")).alias("_user_examples"),
+        F.sum("_n").over(same_ts).alias("_same_ts_events"),
+    )
+    return (
+        counted.select(
+            "user_id",
+            "item_id",
+            "ts_ms",
+            "label",
+            "_example",
+            "_k",
+            "_item_prior_events",
+            "_item_prior_pos",
+            "lt7",
+            "lt14",
+            "_user_examples",
+            F.coalesce(F.last("_hist", ignorenulls=True).over(upto), _empty()).alias("history"),
+            F.last(F.when(F.col("_k") == 1, F.col("ts_ms")), ignorenulls=True)
+            .over(upto)
+            .alias("_snapshot_ts"),
+            F.coalesce(F.last("_npos", ignorenulls=True).over(upto), F.lit(0)).alias(
+                "_user_prior_pos"
+            ),
+            (F.sum("_n").over(upto) - F.col("_same_ts_events")).alias("_user_prior_events"),
+            F.sum("_example").over(upto).alias("_example_rank"),
+        )  # fmt: skip
+        .filter((F.col("_k") == 0) & (F.col("_example") == 1))
+        .withColumn("split", _split(prepare, cutoffs))
+        .drop("_k", "_example", "_user_examples", "_example_rank")
+    )
+
+
+def _split(prepare: PrepareConfig, cutoffs: tuple[int, int] | None) -> F.Column:
+    """``"train"|"valid"|"test"``. ``time``: by the global cut-offs. ``user_time``: the user's
+    last ``floor(n * test_fraction)`` examples in (ts, item_id) order are test, the
+    ``floor(n * valid_fraction)`` before them valid, the rest train (``_user_examples`` = n,
+    ``_example_rank`` = 1..n in that order)."""
     s = prepare.split
     if s.by == "time":
-        return by_time
-    user = Window.partitionBy("user_id")
-    n = F.count(F.lit(1)).over(user)
-    # (ts, item_id) is unique per user after de-duplication; label only makes ties total.
-    from_end = n - F.row_number().over(user.orderBy("ts_ms", "item_id", "label"))
+        assert cutoffs is not None
+        valid_ms, test_ms = cutoffs
+        return (
+            F.when(F.col("ts_ms") < valid_ms, "train")
+            .when(F.col("ts_ms") < test_ms, "valid")
+            .otherwise("test")
+        )
+    n = F.col("_user_examples")
+    from_end = n - F.col("_example_rank")
     n_test = F.floor(n * s.test_fraction + _FLOOR_EPS)
     n_valid = F.floor(n * s.valid_fraction + _FLOOR_EPS)
-    per_user = (
+    return (
         F.when(from_end < n_test, "test")
         .when(from_end < n_test + n_valid, "valid")
         .otherwise("train")
     )
-    return F.when(F.col("user_id").isNull(), by_time).otherwise(per_user)
 
 
-def build_examples(
-    good: DataFrame,
-    items: DataFrame,
-    users: DataFrame | None,
-    prepare: PrepareConfig,
-    labelled: DataFrame,
-    cutoffs: tuple[int, int],
-) -> tuple[DataFrame, dict[str, list[str]]]:
-    """Join labels, LT, history, dense and sparse features; returns (examples, feature lists).
+@dataclass
+class EntityFeatures:
+    """The entity side of the feature rule: per item and per user the sparse features their
+    rows give (``list<string>``, derived once per entity), for joining to events."""
 
-    ``good``: valid, de-duplicated events (``user_id, item_id, ts, ts_ms, day, event, value``);
-    ``items``/``users``: valid entity rows; ``labelled``: output of the label rule.
-    """
-    positives = labelled.filter(F.col("label") == 1).select("user_id", "item_id", "ts_ms")
-    ex = (
-        labelled.join(
-            _user_features(good, positives, prepare.history_length), ["user_id", "ts_ms"], "left"
-        )
-        .join(_activity(good), ["user_id", "day"], "left")
-        .join(_item_features(good, positives), ["item_id", "ts_ms"], "left")
-    )
-    # The feature rule (recsys.features.sparse_rule): ids and history from the event row,
-    # concepts and categorical attributes from the entity row, context from the event ts.
+    item_rule: list[SparseFeature]
+    user_rule: list[SparseFeature]
+    items: DataFrame  # item_id, the item features from the item row, _created_ts if any
+    users: DataFrame | None  # user_id, the user features from the user row
+
+    @property
+    def has_created(self) -> bool:
+        return "_created_ts" in self.items.columns
+
+    def column(self, frame: DataFrame, f: SparseFeature) -> F.Column:
+        """Feature ``f`` of the rows of ``frame`` (joined to ``items``/``users``): ids and
+        history from the row itself, the rest from the entity (empty when the row's entity is
+        missing from its table)."""
+        if f.column in FROM_EVENT:
+            return _feature_column(frame, f)
+        return F.coalesce(F.col(f.name), _empty()) if f.name in frame.columns else _empty()
+
+
+# Features the event row gives (the rest come from the entity rows).
+FROM_EVENT = frozenset({"item_id", "user_id", "history"})
+
+
+def entity_tables(
+    items: DataFrame, users: DataFrame | None, prepare: PrepareConfig
+) -> EntityFeatures:
+    """``EntityFeatures`` of valid ``items``/``users`` rows (with ``_id``), by the feature rule
+    (``recsys.features.sparse_rule``)."""
     item_rule = entity_features("item", _column_kinds(items), prepare.text_columns)
     user_kinds = _column_kinds(users) if users is not None else {}
     user_rule = entity_features("user", user_kinds, prepare.text_columns)
-    from_event = {"item_id", "user_id", "history"}
     item_cols = [
         F.col("_id").alias("item_id"),
-        *[_feature_column(items, f).alias(f.name) for f in item_rule if f.column not in from_event],
+        *[_feature_column(items, f).alias(f.name) for f in item_rule if f.column not in FROM_EVENT],
     ]
-    has_created = "created_ts" in items.columns
-    if has_created:
+    if "created_ts" in items.columns:
         item_cols.append(_ts_column(items, "created_ts").alias("_created_ts"))
-    ex = ex.join(items.select(*item_cols), "item_id", "left")
+    user_table = None
     if users is not None:
         user_cols = [
-            _feature_column(users, f).alias(f.name) for f in user_rule if f.column not in from_event
+            _feature_column(users, f).alias(f.name) for f in user_rule if f.column not in FROM_EVENT
         ]
-        ex = ex.join(users.select(F.col("_id").alias("user_id"), *user_cols), "user_id", "left")
+        user_table = users.select(F.col("_id").alias("user_id"), *user_cols)
+    return EntityFeatures(item_rule, user_rule, items.select(*item_cols), user_table)
 
-    def rule_column(f: SparseFeature) -> F.Column:
-        if f.column in from_event:
-            return _feature_column(ex, f)
-        # entity rows missing from their table (left join) get empty lists
-        return F.coalesce(F.col(f.name), _empty()) if f.name in ex.columns else _empty()
 
-    split = split_column(prepare, cutoffs)
-    user_sparse = {f.name: rule_column(f) for f in user_rule}
-    item_sparse = {f.name: rule_column(f) for f in item_rule}
+def _with_entities(rows: DataFrame, entities: EntityFeatures, *, users: bool = True) -> DataFrame:
+    out = rows.join(entities.items, "item_id", "left") if "item_id" in rows.columns else rows
+    if users and entities.users is not None and "user_id" in rows.columns:
+        out = out.join(entities.users, "user_id", "left")
+    return out
+
+
+def build_examples(
+    rows: DataFrame, entities: EntityFeatures
+) -> tuple[DataFrame, dict[str, list[str]]]:
+    """Join entity features to the ``user_rows``; returns (examples, feature lists).
+
+    The feature lists name every sparse feature, ``s_history`` included, although examples
+    store its values once, as ``history`` (``recsys.features.sparse_rule.example_column``).
+    """
+    ex = _with_entities(rows.withColumn("ts", F.timestamp_millis("ts_ms")), entities)
+    user_sparse = {f.name: entities.column(ex, f) for f in entities.user_rule}
+    item_sparse = {f.name: entities.column(ex, f) for f in entities.item_rule}
     context_sparse = {f.name: _feature_column(ex, f) for f in context_features()}
-
     dense = prior_count_features()
-    if has_created:
+    if entities.has_created:
         age = (F.col("ts_ms") - F.unix_millis("_created_ts")) / DAY_MS
         dense["d_item_age_days"] = F.greatest(F.coalesce(age, F.lit(0.0)), F.lit(0.0)).cast("float")
     sparse = {**user_sparse, **item_sparse, **context_sparse}
+    stored = {name: expr for name, expr in sparse.items() if example_column(name) == name}
     out = ex.select(
         F.col("label").cast("byte").alias("label"),
-        split.alias("split"),
+        "split",
         "user_id",
         "item_id",
         "ts",
         F.col("lt7").cast("byte").alias("lt7"),
         F.col("lt14").cast("byte").alias("lt14"),
         F.coalesce("history", _empty()).alias("history"),
-        *[expr.alias(name) for name, expr in sparse.items()],
+        *[expr.alias(name) for name, expr in stored.items()],
         *[expr.alias(name) for name, expr in dense.items()],
     )
     features = {
@@ -630,11 +837,115 @@ def build_examples(
     return out, features
 
 
+def _tag(name: str):  # noqa: ANN202 - a one-argument lambda for F.transform
+    return lambda v: F.struct(F.lit(name).alias("f"), v.alias("v"))
+
+
+def train_value_counts(rows: DataFrame, entities: EntityFeatures) -> tuple[DataFrame, DataFrame]:
+    """How often each value of each sparse feature occurs in the TRAIN split of ``user_rows``,
+    as ``(f, v, w)`` rows to sum, and ``(f, n)`` rows of train rows with an empty list.
+
+    Rows that share what a feature depends on share its values, so each feature is counted on
+    groups, never on every row's lists: item features once per item (weighted by its train
+    rows), user features once per user, ``s_hour``/``s_weekday`` once per hour of time,
+    ``s_history`` once per (user, history snapshot).
+    """
+    train = rows.filter(F.col("split") == "train")
+    user_rule = [f for f in entities.user_rule if f.column != HISTORY_COLUMN]
+    history = [f for f in entities.user_rule if f.column == HISTORY_COLUMN]
+    groups = [
+        (_with_entities(train.groupBy("item_id").count(), entities), entities.item_rule),
+        (_with_entities(train.groupBy("user_id").count(), entities), user_rule),
+        (
+            train.groupBy(F.date_trunc("hour", F.timestamp_millis("ts_ms")).alias("ts")).count(),
+            context_features(),
+        ),
+        (train.groupBy("user_id", "_snapshot_ts", "history").count(), history),
+    ]
+    values, empties = [], []
+    for frame, rule in groups:
+        if not rule:
+            continue
+        lists = {
+            f.name: _feature_column(frame, f) if f.column == "ts" else entities.column(frame, f)
+            for f in rule
+        }
+        tagged = F.flatten(
+            F.array(
+                *[
+                    F.transform(expr, _tag(name)) for name, expr in lists.items()
+                ]
+            )
+        )  # fmt: skip
+        values.append(
+            frame.select(F.explode(tagged).alias("x"), "count").select(
+                "x.f", "x.v", F.col("count").alias("w")
+            )
+        )
+        empties.append(
+            frame.agg(
+                F.array(
+                    *[
+                        F.struct(
+                            F.lit(name).alias("f"),
+                            F.sum(F.when(F.size(expr) <= 0, F.col("count")).otherwise(0))
+                            .cast("long")
+                            .alias("n"),
+                        )
+                        for name, expr in lists.items()
+                    ]
+                ).alias("x")
+            ).select(F.explode("x").alias("x")).select("x.f", "x.n")
+        )  # fmt: skip
+    return reduce(DataFrame.unionByName, values), reduce(DataFrame.unionByName, empties)
+
+
+def concept_counts(items: DataFrame) -> DataFrame:
+    """``COUNT_ROWS`` of the item concept vocabulary: per normalised concept (whitespace
+    collapsed and stripped, lower-cased: ``recsys.concepts.vocabulary.normalise_concept``'s
+    rule for text without compatibility characters) the items carrying it (``kind="concept"``),
+    and per (concept, original spelling, stripped) the items carrying that spelling
+    (``kind="concept_spelling"``). ``items``: valid rows with ``_id``."""
+    values = _feature_column(items, SparseFeature("s_item_concepts", CONCEPTS, Derivation.CONCEPTS))
+    pairs = (
+        items.select("_id", F.explode(values).alias("_raw"))
+        .select(
+            "_id",
+            F.trim("_raw").alias("_spelling"),
+            F.lower(F.trim(F.regexp_replace("_raw", r"(?U)\s+", " "))).alias("_name"),
+        )
+        .filter(F.col("_name") != "")
+        .distinct()
+    )
+    by_name = (
+        pairs.select("_id", "_name")
+        .distinct()
+        .groupBy("_name")
+        .count()
+        .select(*count_rows("concept", F.col("_name"), F.lit(None), F.col("count")))
+    )
+    by_spelling = (
+        pairs.groupBy("_name", "_spelling")
+        .count()
+        .select(*count_rows("concept_spelling", F.col("_name"), F.col("_spelling"), F.col("count")))
+    )
+    return by_name.unionByName(by_spelling)
+
+
+def _concepts(rows: list[Row], min_count: int) -> dict[str, object]:
+    per_concept = {r["key"]: int(r["n"]) for r in rows if r["kind"] == "concept"}
+    per_spelling: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if r["kind"] == "concept_spelling":
+            per_spelling.setdefault(r["key"], {})[r["sub"]] = int(r["n"])
+    return concept_vocabulary(per_concept, per_spelling, min_count)
+
+
 # ----------------------------------------------------------------------------- the job
 
 
 def _split_info(
-    prepare: PrepareConfig, cutoffs: tuple[int, int], per_split: dict[str, Any]
+    prepare: PrepareConfig, cutoffs: tuple[int, int] | None, per_split: dict[str, Any]
 ) -> dict[str, Any]:
     """Manifest ``split``. ``time``: the cut-offs used (fractions null when dates were given).
     ``user_time``: ``valid_from``/``test_from`` are the earliest ts in valid/test (null when
@@ -642,6 +953,7 @@ def _split_info(
     s = prepare.split
     info: dict[str, Any] = {"by": s.by}
     if s.by == "time":
+        assert cutoffs is not None
         explicit = s.valid_from is not None
         info |= {
             "valid_from": _iso(cutoffs[0]),
@@ -665,6 +977,70 @@ def _split_info(
     return info
 
 
+def _kind_counts(keys: DataFrame) -> DataFrame:
+    """``SUMMARY_ROW`` rows (``kind="event_kind"``): de-duplicated valid events per kind."""
+    sums = [F.sum(f"_has_{k}") for k in EVENT_KINDS]
+    return (
+        keys.agg(
+            F.array(
+                *[
+                    F.struct(*summary_row("event_kind", F.lit(k), None, total))
+                    for k, total in zip(EVENT_KINDS, sums, strict=True)
+                ]
+            ).alias("x")
+        )
+        .select(F.explode("x").alias("x"))
+        .select("x.*")
+    )
+
+
+@dataclass
+class _Tagged:
+    """The raw tables read and tagged with a ``reason`` each (null = valid)."""
+
+    events: DataFrame
+    items: DataFrame
+    users: DataFrame | None
+
+    def quarantine_plan(self) -> dict[str, tuple[DataFrame, list[str]]]:
+        """Per table: (tagged rows, the input's own columns to keep for rejected rows)."""
+
+        def original(tagged: DataFrame) -> list[str]:
+            return [c for c in tagged.columns if c not in _INTERNAL_COLUMNS and c != REASON]
+
+        tables = {"items": self.items, "users": self.users, "events": self.events}
+        return {name: (df, original(df)) for name, df in tables.items() if df is not None}
+
+    def valid(self, name: str) -> DataFrame | None:
+        df = {"items": self.items, "users": self.users}[name]
+        return None if df is None else df.filter(F.col(REASON).isNull()).drop(REASON)
+
+
+def _tag_inputs(job: JobRun, raw_dir: str | Path, prepare: PrepareConfig) -> _Tagged:
+    """Read and tag the raw tables (cached: each is read and parsed once)."""
+    spark = job.spark
+    events = read_raw_table(spark, raw_dir, "events", schema=EVENTS_JSON_SCHEMA)
+    items = read_raw_table(spark, raw_dir, "items")
+    users = read_raw_table(spark, raw_dir, "users", required=False)
+    assert events is not None and items is not None
+    items_t = job.cache(_tag_entities(items, "item_id"))
+    users_t = job.cache(_tag_entities(users, "user_id")) if users is not None else None
+    known = items_t.filter(F.col(REASON).isNull()).select(F.col("_id").alias("_known_iid"))
+    events_t = job.cache(_tag_events(events, known, prepare))
+    return _Tagged(events_t, items_t, users_t)
+
+
+def _valid_events(events_t: DataFrame) -> DataFrame:
+    """Valid events, not de-duplicated: ``user_id, item_id, ts_ms, event, value``."""
+    return events_t.filter(F.col(REASON).isNull()).select(
+        F.col("_uid").alias("user_id"),
+        F.col("_iid").alias("item_id"),
+        F.unix_millis("_ts").alias("ts_ms"),
+        F.col("_event").alias("event"),
+        F.col("_value").alias("value"),
+    )
+
+
 def run(
     cfg: PipelineConfig,
     raw_dir: str | Path,
@@ -674,55 +1050,56 @@ def run(
     """Build ``<out_dir>/examples`` (+ manifest) and ``<out_dir>/quarantine``; return the manifest.
 
     Raises ``DataQualityError`` (nothing published) when a table's bad fraction exceeds
-    ``cfg.prepare.max_bad_fraction``.
+    ``cfg.prepare.max_bad_fraction``. Spark actions: one aggregation for every quality count
+    and the concept vocabulary, the time cut-offs (``split.by: time`` with fractions only), the
+    write of the examples, and one aggregation for every statistic and count of the manifest.
     """
     spark = spark or build_session(cfg.spark)
     prepare = cfg.prepare
-    with JobRun(spark, out_dir) as job:
-        good, good_items, good_users, by_kind = _validated_inputs(job, raw_dir, prepare)
-        ev_quality = next(t for t in job.quality.tables if t.table == "events")
-        n_good = sum(by_kind.values())
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions", "8") or 8)
+    with JobRun(spark, out_dir, settings=RUN_SETTINGS) as job:
+        tagged = _tag_inputs(job, raw_dir, prepare)
+        items, users = tagged.valid("items"), tagged.valid("users")
+        assert items is not None
+        concept_rows = job.quarantine_tables(tagged.quarantine_plan(), concept_counts(items))
+        job.check_quality(prepare.max_bad_fraction)
 
-        labelled = job.cache(label_examples(good, prepare))
-        cutoffs = split_cutoffs(labelled, prepare)
-        examples, features = build_examples(
-            good, good_items, good_users, prepare, labelled, cutoffs
+        keys = job.cache(event_keys(_valid_events(tagged.events), prepare, partitions))
+        needs_quantiles = prepare.split.by == "time" and prepare.split.valid_from is None
+        cutoffs = split_cutoffs(
+            keys.filter(F.col("_example")).select("ts_ms") if needs_quantiles else None, prepare
         )
-        written = job.write_examples(examples)
+        rows = job.cache(user_rows(keys, prepare, cutoffs, partitions))
+        entities = entity_tables(items, users, prepare)
+        examples, features = build_examples(rows, entities)
+        job.write_examples(examples)
+        value_counts, empty_rows = train_value_counts(rows, entities)
+        stats, kind_rows = example_statistics(
+            examples,
+            features["sparse"],
+            features["dense"],
+            prepare.top_values,
+            also=_kind_counts(keys),
+            value_counts=value_counts,
+            empty_rows=empty_rows,
+        )
         job.uncache_all()
-
-        per_split = {
-            r["split"]: r
-            for r in written.groupBy("split")
-            .agg(
-                F.count("*").alias("rows"),
-                F.countDistinct("user_id").alias("users"),
-                F.min(F.unix_millis("ts")).alias("min_ts_ms"),
-            )
-            .collect()
-        }
-        split_counts = {s: int(r["rows"]) for s, r in per_split.items()}
-        positives = written.filter(F.col("label") == 1).count()
-        n_examples = sum(split_counts.values())
-        features |= job.train_stats(
-            written, features["sparse"], features["dense"], prepare.top_values
-        )
-        label_events = (
-            by_kind.get("rating", 0)
-            if prepare.label.kind == "rating"
-            else by_kind.get("impression", 0)
-        )
+        features |= stats.features
+        by_kind = {r["f"]: int(r["n"]) for r in kind_rows if r["n"]}
+        per_split = stats.splits
+        ev_quality = job.quality.table("events")
+        n_good = sum(by_kind.values())
+        n_examples = sum(r["rows"] or 0 for r in per_split.values())
+        label_events = by_kind.get("rating" if prepare.label.kind == "rating" else "impression", 0)
+        columns = [c for c in examples.columns if c != "split"]
         manifest: dict[str, Any] = {
             "source": cfg.source.kind,
             "features": features,
             "counts": {
-                **{s: split_counts.get(s, 0) for s in ("train", "valid", "test")},
-                "users": {
-                    s: int(per_split[s]["users"]) if s in per_split else 0
-                    for s in ("train", "valid", "test")
-                },
+                **{s: per_split[s]["rows"] if s in per_split else 0 for s in SPLITS},
+                "users": {s: per_split[s]["users"] if s in per_split else 0 for s in SPLITS},
                 "examples": n_examples,
-                "positives": positives,
+                "positives": sum(r["positives"] or 0 for r in per_split.values()),
                 "quarantined": job.quality.by_reason(),
                 "tables": job.quality.by_table(),
                 "events_in": ev_quality.rows,
@@ -733,13 +1110,14 @@ def run(
             },
             "label_rule": prepare.label.model_dump(mode="json"),
             "split": _split_info(prepare, cutoffs, per_split),
+            "concepts": _concepts(concept_rows, prepare.concept_min_count),
             "params": {
                 "prepare": prepare.model_dump(mode="json"),
                 "raw_dir": str(raw_dir),
                 "history_order": "oldest first, strictly before ts",
                 "ts_window": [_iso(ms) for ms in ts_window_ms(prepare)],
             },
-            "schema": arrow_schema(written),
+            "schema": arrow_schema(examples.select(*columns, "split")),
         }
         job.publish(manifest)
         return manifest
@@ -749,33 +1127,14 @@ def _validated_inputs(
     job: JobRun, raw_dir: str | Path, prepare: PrepareConfig
 ) -> tuple[DataFrame, DataFrame, DataFrame | None, dict[str, int]]:
     """Read, tag and quarantine the raw tables, apply the bad-fraction gate; return the good
-    ``(events, items, users)`` (events de-duplicated with ``ts_ms`` and ``day``, cached) and
-    the good events per kind."""
-    spark = job.spark
-    events = read_raw_table(spark, raw_dir, "events", schema=EVENTS_JSON_SCHEMA)
-    items = read_raw_table(spark, raw_dir, "items")
-    users = read_raw_table(spark, raw_dir, "users", required=False)
-    assert events is not None and items is not None
-
-    def original(tagged: DataFrame) -> list[str]:
-        return [c for c in tagged.columns if c not in _INTERNAL_COLUMNS and c != REASON]
-
-    items_t = job.cache(_tag_entities(items, "item_id"))
-    job.quarantine("items", items_t, *original(items_t))
-    good_items = items_t.filter(F.col(REASON).isNull()).drop(REASON)
-    good_users = None
-    if users is not None:
-        users_t = job.cache(_tag_entities(users, "user_id"))
-        job.quarantine("users", users_t, *original(users_t))
-        good_users = users_t.filter(F.col(REASON).isNull()).drop(REASON)
-
-    known = good_items.select(F.col("_id").alias("_known_iid"))
-    events_t = job.cache(_tag_events(events, known, prepare))
-    job.quarantine("events", events_t, *original(events_t))
+    ``(events, items, users)`` (events de-duplicated with ``ts``, ``ts_ms`` and ``day``,
+    cached) and the good events per kind (for jobs that need the valid events themselves,
+    such as ``spark_jobs/materialize_features.py``)."""
+    tagged = _tag_inputs(job, raw_dir, prepare)
+    job.quarantine_tables(tagged.quarantine_plan())
     job.check_quality(prepare.max_bad_fraction)
-
     good = job.cache(
-        events_t.filter(F.col(REASON).isNull())
+        tagged.events.filter(F.col(REASON).isNull())
         .select(
             F.col("_uid").alias("user_id"),
             F.col("_iid").alias("item_id"),
@@ -788,8 +1147,10 @@ def _validated_inputs(
         .withColumn("day", F.floor(F.col("ts_ms") / DAY_MS).cast("int"))
     )
     by_kind = {r["event"]: int(r["count"]) for r in good.groupBy("event").count().collect()}
-    events_t.unpersist()  # ``good`` is materialised: only it stays in memory
-    return good, good_items, good_users, by_kind
+    tagged.events.unpersist()  # ``good`` is materialised: only it stays in memory
+    items = tagged.valid("items")
+    assert items is not None
+    return good, items, tagged.valid("users"), by_kind
 
 
 def main(argv: list[str] | None = None) -> int:

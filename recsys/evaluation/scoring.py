@@ -23,8 +23,10 @@ import torch
 from tqdm import tqdm
 
 from recsys.bundle import Bundle
-from recsys.features.batcher import BatcherError, table_to_batch
+from recsys.features.batcher import BatcherError, feature_columns, table_to_batch
+from recsys.features.sparse_rule import HISTORY
 from recsys.features.spec import FeatureSpec
+from recsys.models.match import MatchFeature
 from recsys.models.ranker import Ranker
 
 KEEP = ("user_id", "item_id", "label", "ts", "lt7", "lt14")
@@ -41,9 +43,13 @@ def bundle_kind(bundle: Bundle) -> str:
     return str(bundle.meta["model"]["kind"])
 
 
-def needed_columns(spec: FeatureSpec, available: Sequence[str]) -> list[str]:
-    """The example columns scoring reads: features, ids, label, time and LT when present."""
-    wanted = [*spec.sparse, *spec.dense, *KEEP, CONCEPTS]
+def needed_columns(
+    spec: FeatureSpec, available: Sequence[str], match_features: Sequence[MatchFeature] = ()
+) -> list[str]:
+    """The example columns scoring reads: features (``history`` for ``s_history``), ids,
+    label, time and LT when present, and ``history`` when there are match features."""
+    history = [HISTORY] if match_features else []
+    wanted = [*feature_columns(spec, available), *KEEP, CONCEPTS, *history]
     seen: list[str] = []
     for c in wanted:
         if c in available and c not in seen:
@@ -52,10 +58,27 @@ def needed_columns(spec: FeatureSpec, available: Sequence[str]) -> list[str]:
 
 
 @torch.inference_mode()
-def score_table(model: Ranker, spec: FeatureSpec, table: pa.Table) -> pd.DataFrame:
-    """Score the rows of an Arrow table of examples with a ranker -> score table rows."""
-    batch = table_to_batch(table, spec)
-    out = model(batch.sparse, batch.dense)
+def score_table(
+    model: Ranker,
+    spec: FeatureSpec,
+    table: pa.Table,
+    match_features: Sequence[MatchFeature] = (),
+) -> pd.DataFrame:
+    """Score the rows of an Arrow table of examples with a ranker -> score table rows.
+
+    ``match_features``: the frozen scorers of the ranker's ``model.num_match`` match inputs,
+    in its order (the table then needs ``user_id``, ``item_id`` and ``history``).
+    """
+    if len(match_features) != model.num_match:
+        raise ValueError(
+            f"model.num_match is {model.num_match} but {len(match_features)} match features "
+            f"were given ({[f.name for f in match_features]})"
+        )
+    batch = table_to_batch(table, spec, match_features)
+    if model.num_match:
+        out = model(batch.sparse, batch.dense, batch.match)
+    else:
+        out = model(batch.sparse, batch.dense)
     names = table.column_names
     frame = pd.DataFrame(
         {
@@ -75,11 +98,13 @@ def score_table(model: Ranker, spec: FeatureSpec, table: pa.Table) -> pd.DataFra
     return frame
 
 
-def score_frame(bundle: Bundle, frame: pd.DataFrame) -> pd.DataFrame:
+def score_frame(
+    bundle: Bundle, frame: pd.DataFrame, match_features: Sequence[MatchFeature] = ()
+) -> pd.DataFrame:
     """Score a pandas frame of example rows (the Spark ``mapInPandas`` body calls this)."""
     spec = bundle_spec(bundle)
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    return score_table(bundle.model, spec, table)  # type: ignore[arg-type]
+    return score_table(bundle.model, spec, table, match_features)  # type: ignore[arg-type]
 
 
 def split_files(examples_dir: str | Path, split: str) -> list[Path]:
@@ -115,13 +140,15 @@ def score_split(
     *,
     batch_rows: int = 8192,
     progress: bool = True,
+    match_features: Sequence[MatchFeature] = (),
 ) -> pd.DataFrame:
-    """Score every row of ``split`` with a ranker bundle -> one score table."""
+    """Score every row of ``split`` with a ranker bundle -> one score table
+    (``match_features`` as in ``score_table``)."""
     if bundle_kind(bundle) != "ranker":
         raise ValueError(f"{bundle.path}: a {bundle_kind(bundle)!r} bundle does not score rows")
     spec = bundle_spec(bundle)
     first = split_files(examples_dir, split)[0]
-    columns = needed_columns(spec, pq.ParquetFile(first).schema_arrow.names)
+    columns = needed_columns(spec, pq.ParquetFile(first).schema_arrow.names, match_features)
     parts: list[pd.DataFrame] = []
     with tqdm(
         total=split_rows(examples_dir, split),
@@ -130,7 +157,7 @@ def score_split(
         disable=not progress,
     ) as bar:
         for table in iter_split(examples_dir, split, columns, batch_rows):
-            parts.append(score_table(bundle.model, spec, table))  # type: ignore[arg-type]
+            parts.append(score_table(bundle.model, spec, table, match_features))  # type: ignore[arg-type]
             bar.update(table.num_rows)
     return pd.concat(parts, ignore_index=True)
 
@@ -210,7 +237,7 @@ def retrieval_table(
                 corpus_ids[i] = len(corpus_ids)
             vectors.append(bundle.embed("item", rows))
     corpus = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
-    user_cols = ["user_id", "item_id", "label", *spec.user]
+    user_cols = ["user_id", "item_id", "label", *spec.user, HISTORY]
     out: list[pd.DataFrame] = []
     for table in tqdm(
         list(iter_split(examples_dir, split, user_cols, batch_rows)),

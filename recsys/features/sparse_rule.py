@@ -16,6 +16,9 @@ The rule (docs/data-contract.md, "Sparse column naming rule")::
     s_item_X  = [items.X]            s_user_X = [users.X]   for every other string column X
     s_hour    = ["0".."23"] of ts    s_weekday = ["Mon".."Sun"] of ts (UTC)
 
+Examples store ``s_history``'s values once, as ``history`` (:func:`example_column` names the
+column a reader takes a feature's values from).
+
 String columns that are not features: the id, ``concepts``, ``created_ts``, the configured
 text columns (``prepare.text_columns``) and names starting with ``_``. Values become strings;
 a null value becomes an empty list; ids are stripped of surrounding spaces; ``concepts`` is a
@@ -44,6 +47,7 @@ __all__ = [
     "context_features",
     "derive_values",
     "entity_features",
+    "example_column",
     "feature_source",
     "sparse_feature_columns",
 ]
@@ -116,6 +120,17 @@ def entity_features(
             if not column.startswith("_"):
                 features.append(SparseFeature(f"s_{kind}_{column}", column, Derivation.VALUE))
     return features
+
+
+# Features that examples do not store as their own column: the column that holds their values
+# as they are (``s_history`` would be a second copy of ``history``, a third of the output).
+STORED_AS = {"s_history": HISTORY}
+
+
+def example_column(name: str) -> str:
+    """The examples column that holds feature ``name``'s values (``history`` for
+    ``s_history``, the feature's own name for every other feature)."""
+    return STORED_AS.get(name, name)
 
 
 def context_features() -> list[SparseFeature]:

@@ -7,7 +7,9 @@ A fingerprint is a flat ``{key: JSON value}`` dict stored in every checkpoint:
   ``train.weight_decay``, ``train.sharding`` (the optimizer state's layout) and
   ``train.recall_k`` (the metric that picks the best epoch);
 - ``data.sha256``: a digest of ``manifest.json`` and of every example file's path and size;
-- ``train.batch_size`` and ``world_size``.
+- ``train.batch_size`` and ``world_size``;
+- ``match.features``: the names of the match features the ranker reads (only when it has any,
+  so runs without them keep the fingerprint they always had).
 
 Resuming with a different value of any key is refused, naming every differing key, except
 for the keys in :data:`RESUMABLE`: the position is counted in examples of the epoch's
@@ -19,6 +21,7 @@ sharding: column-wise optimizer state is shaped by the world size).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +59,24 @@ def _flatten(prefix: str, section: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_fingerprint(
-    cfg: PipelineConfig, examples_dir: str | Path, world_size: int
+    cfg: PipelineConfig,
+    examples_dir: str | Path,
+    world_size: int,
+    match_features: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The fingerprint of a run of ``cfg`` on ``examples_dir`` over ``world_size`` ranks."""
+    """The fingerprint of a run of ``cfg`` on ``examples_dir`` over ``world_size`` ranks,
+    reading the match features named ``match_features``."""
     dumped = cfg.model_dump(mode="json")
-    return {
+    fingerprint = {
         **_flatten("model", dumped["model"]),
         **_flatten("embedding", dumped["embedding"]),
         **{f"train.{k}": dumped["train"][k] for k in TRAIN_KEYS},
         "data.sha256": examples_digest(examples_dir),
         "world_size": world_size,
     }
+    if match_features:
+        fingerprint["match.features"] = list(match_features)
+    return fingerprint
 
 
 def fingerprint_differences(

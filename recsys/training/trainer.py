@@ -6,7 +6,11 @@ model (``model_factory``) under ``cfg.train.seed``, wraps it in ``DistributedMod
 embedding tables, AdamW on everything else. After every epoch it validates (ranker: AUC and
 log loss; two-tower: recall@K, both streaming, ``recsys.evaluation``), keeps the ``best``
 checkpoint for the best epoch and stops early after ``cfg.train.patience`` epochs without
-improvement. The ``checkpoint`` holds the exact position (mid-epoch too, counted in examples),
+improvement. The featurised training split stays in memory across epochs when it fits in
+``train.in_memory_mb`` (``ExampleBatcher.keep_in_memory``: the same batches as streaming), and
+the next epoch's first batches are prepared while an epoch is validated. A ranker with
+``model.num_match`` match inputs reads the scores of the ``match_features`` given to ``train``
+(``Batch.match``). The ``checkpoint`` holds the exact position (mid-epoch too, counted in examples),
 so an interrupted run resumed with ``resume=True`` follows the same loss curve as one that was
 never interrupted; a resume whose config or data differ where that matters is refused
 (``recsys.training.fingerprint``).
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +35,8 @@ from recsys.atomic import write_json
 from recsys.config import PipelineConfig
 from recsys.evaluation.metrics import BinaryMetrics, RetrievalRecall
 from recsys.features.batcher import Batch, ExampleBatcher
-from recsys.models.ranker import Ranker
+from recsys.models.match import MatchFeature
+from recsys.models.ranker import Ranker, RankerOutput
 from recsys.models.two_tower import TwoTowerOutput
 from recsys.training.checkpoint import (
     BEST,
@@ -79,6 +84,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     stopped_early: bool = False
+    train_memory_bytes: int = 0  # the featurised training split kept in memory (0: streamed)
 
 
 def metric_name(cfg: PipelineConfig) -> str:
@@ -90,12 +96,37 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return batch if device.type == "cpu" else batch.to(device, non_blocking=True)
 
 
+def rank(model: nn.Module, inner: Ranker, batch: Batch) -> RankerOutput:
+    """The ranker's output for ``batch``; ``batch.match`` is its match input when the model
+    has match features (``model`` may be the DMP wrapper, ``inner`` is the bare ranker)."""
+    if not inner.num_match:
+        return model(batch.sparse, batch.dense)
+    if batch.match is None:
+        raise ValueError(
+            f"the ranker has model.num_match = {inner.num_match} match features but the batch "
+            "has none: pass match_features to train() / the batcher"
+        )
+    return model(batch.sparse, batch.dense, batch.match)
+
+
+def check_match_features(inner: nn.Module, match_features: Sequence[MatchFeature]) -> None:
+    """Raise ``ValueError`` unless ``match_features`` are exactly as many as the model reads
+    (``model.num_match`` for a ranker; none for other models)."""
+    wanted = inner.num_match if isinstance(inner, Ranker) else 0
+    if wanted != len(match_features):
+        names = [f.name for f in match_features]
+        raise ValueError(
+            f"model.num_match is {wanted} but {len(match_features)} match features were given "
+            f"({names}): give train() one MatchFeature per model.num_match"
+        )
+
+
 def training_loss(
     model: nn.Module, inner: nn.Module, batch: Batch, cfg: PipelineConfig
 ) -> torch.Tensor:
     """The loss of one batch (``model`` may be the DMP wrapper, ``inner`` is the bare model)."""
     if isinstance(inner, Ranker):
-        out = model(batch.sparse, batch.dense)
+        out = rank(model, inner, batch)
         loss = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
         if out.lt7 is not None:
             # rows with a null lt7 (NaN) add nothing; the head stays in the graph every step
@@ -125,7 +156,7 @@ def evaluate(
         binary = BinaryMetrics()
         for batch, real in lockstep_all(iter(batcher), env):
             batch = _to(batch, env.device)
-            out = model(batch.sparse, batch.dense)
+            out = rank(model, inner, batch)
             if not real:
                 continue
             lt_err = None
@@ -181,6 +212,7 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = True,
+    match_features: Sequence[MatchFeature] = (),
 ) -> TrainResult:
     """Train ``cfg.model.kind`` on ``examples_dir`` and write checkpoints to ``out_dir``.
 
@@ -189,6 +221,11 @@ def train(
     from its exact position, or is refused (``CheckpointError``, naming the differing keys)
     when what resume depends on has changed. A second run into a directory a live run holds
     is refused (``RunLockError``, naming its PID and host).
+
+    ``match_features``: the frozen scorers whose scores a ranker with ``model.num_match > 0``
+    reads (one per match input, in the ranker's order); every batch carries them
+    (``Batch.match``, computed in the batchers' prefetch threads). A count that differs from
+    ``model.num_match`` is a ``ValueError``.
     """
     out_dir = Path(out_dir)
     if cfg.train.num_threads is not None:
@@ -200,18 +237,27 @@ def train(
         # another's data.
         examples = Path(examples_dir).resolve()
         with _run_lock(out_dir, env):
-            return _train_locked(cfg, examples, out_dir, env, resume=resume)
+            return _train_locked(
+                cfg, examples, out_dir, env, resume=resume, match_features=match_features
+            )
     finally:
         env.close()
 
 
 def _train_locked(
-    cfg: PipelineConfig, examples_dir: Path, out_dir: Path, env: DistEnv, *, resume: bool
+    cfg: PipelineConfig,
+    examples_dir: Path,
+    out_dir: Path,
+    env: DistEnv,
+    *,
+    resume: bool,
+    match_features: Sequence[MatchFeature],
 ) -> TrainResult:
     tc = cfg.train
     seed_everything(tc.seed)
     spec = read_spec(examples_dir)
     inner = build_model(cfg, spec, examples_dir)
+    check_match_features(inner, match_features)
     model = shard(inner, env, embedding_lr=tc.lr_embedding, sharding=tc.sharding)
     bare = model.module  # the sharded model without DMP/DDP wrappers
     optimizer = torch.optim.AdamW(
@@ -222,7 +268,9 @@ def _train_locked(
         kind=cfg.model.kind,
         metric_name=metric_name(cfg),
         model_kwargs=inner.kwargs(cfg.model, spec),
-        fingerprint=run_fingerprint(cfg, examples_dir, env.world_size),
+        fingerprint=run_fingerprint(
+            cfg, examples_dir, env.world_size, [f.name for f in match_features]
+        ),
         config=cfg.model_dump(mode="json"),
     )
     if resume and has_checkpoint(out_dir):
@@ -234,6 +282,10 @@ def _train_locked(
     valid_batches = make_batcher(
         examples_dir, "valid", spec, tc.batch_size, env, shuffle=False, seed=tc.seed
     )
+    for batcher in (train_batches, valid_batches):
+        batcher.set_match_features(match_features)
+    # Epochs after the first re-order the featurised split instead of reading it again.
+    train_batches.keep_in_memory(tc.in_memory_mb)
 
     def checkpoint(name: str = CHECKPOINT) -> None:
         save_checkpoint(out_dir, model, optimizer, state, env, name=name)
@@ -242,17 +294,22 @@ def _train_locked(
         return tc.max_steps is not None and state.step >= tc.max_steps
 
     stopped = False
+    upcoming: Iterator[Batch] | None = None  # the next epoch's batches, begun during validation
     while not state.done and state.epoch < tc.epochs and not stopped:
         epoch = state.epoch
-        train_batches.set_epoch(epoch)
-        train_batches.skip_examples(state.epoch_examples)  # resume mid-epoch exactly
+        if upcoming is None:
+            train_batches.set_epoch(epoch)
+            train_batches.skip_examples(state.epoch_examples)  # resume mid-epoch exactly
+            batches = iter(train_batches)
+        else:
+            batches, upcoming = upcoming, None
         model.train()
         bar = tqdm(
             desc=f"epoch {epoch}", unit="batch", disable=not (tc.progress and env.is_main),
             leave=False,
         )  # fmt: skip
         seen, t0 = 0, time.perf_counter()
-        for batch in lockstep(iter(train_batches), env):
+        for batch in lockstep(batches, env):
             if step_budget_spent():  # resumed a run that had already used its budget
                 stopped = True
                 break
@@ -278,9 +335,14 @@ def _train_locked(
                 break
         bar.close()
         elapsed = time.perf_counter() - t0
+        _close(batches)
         if stopped:
             checkpoint()
             break
+        if epoch + 1 < tc.epochs:
+            # the prefetch thread prepares the next epoch's first batches while we validate
+            train_batches.set_epoch(epoch + 1)
+            upcoming = iter(train_batches)
         _finish_epoch(
             state, evaluate(model, bare, valid_batches, env, cfg), seen, elapsed, tc.patience
         )
@@ -289,6 +351,8 @@ def _train_locked(
         checkpoint()
         if env.is_main:
             write_json(out_dir / METRICS, state.metrics)
+    if upcoming is not None:  # stopped early: the prepared epoch is not needed
+        _close(upcoming)
     return TrainResult(
         best_epoch=state.best_epoch,
         best_metric=state.best_metric,
@@ -299,7 +363,15 @@ def _train_locked(
         losses=list(state.losses),
         steps=state.step,
         stopped_early=state.done and state.epoch < tc.epochs,
+        train_memory_bytes=train_batches.memory_bytes,
     )
+
+
+def _close(batches: Iterator[Batch]) -> None:
+    """Stop a batch iterator's prefetch thread (a no-op for plain generators run to the end)."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
 
 
 def _finish_epoch(

@@ -18,9 +18,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from recsys.concepts.vocabulary import ConceptVocabulary, normalise_concept
 from recsys.config import parse_config
 from recsys.contract import EXAMPLES, validate_table
 from spark_jobs import build_training_data as job
+from spark_jobs.quality import read_quarantine
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -126,11 +128,31 @@ def ratings_config(**prepare: object):  # noqa: ANN201
     )
 
 
+# Examples and manifests the job wrote for the three worlds of this file before it was rebuilt
+# around two shuffles (tests/integration/data/prepare_reference, written by the earlier code):
+# the current job must write the same rows, less the duplicate ``s_history`` column.
+REFERENCE = Path(__file__).parent / "data" / "prepare_reference"
+MAX_SPARK_JOBS = 20
+
+
+def _run_counting_jobs(spark, cfg, raw: Path, out: Path) -> tuple[dict, int]:  # noqa: ANN001
+    """``job.run`` and the number of Spark jobs it launched (its own job group)."""
+    sc = spark.sparkContext
+    group = f"prepare-{out.parent.name}"
+    sc.setJobGroup(group, group)
+    try:
+        manifest = job.run(cfg, raw, out, spark)
+    finally:
+        sc.setJobGroup("tests", "tests")
+    return manifest, len(sc.statusTracker().getJobIdsForGroup(group))
+
+
 @pytest.fixture(scope="module")
 def ratings(spark, tmp_path_factory):  # noqa: ANN001, ANN201
     root = tmp_path_factory.mktemp("ratings")
     write_ratings_world(root / "raw")
-    manifest = job.run(ratings_config(), root / "raw", root / "out", spark)
+    manifest, jobs = _run_counting_jobs(spark, ratings_config(), root / "raw", root / "out")
+    assert jobs <= MAX_SPARK_JOBS, jobs
     return root, manifest, read_examples(root / "out")
 
 
@@ -188,7 +210,20 @@ def test_history_holds_the_last_positives_strictly_before_the_event(ratings) -> 
     for r in ex.itertuples():
         before = pos[(pos.user_id == r.user_id) & (pos.ts < r.ts)].sort_values(["ts", "item_id"])
         assert list(r.history) == list(before.item_id)[-2:], (r.user_id, r.item_id, r.ts)
-        assert list(r.s_history) == list(r.history)
+
+
+def test_history_is_stored_once_and_s_history_is_read_from_it(ratings) -> None:  # noqa: ANN001
+    _, manifest, ex = ratings
+    assert "history" in ex.columns and "s_history" not in ex.columns
+    assert "s_history" not in manifest["schema"]
+    features = manifest["features"]
+    assert "s_history" in features["sparse"] and "s_history" in features["user"]
+    # its statistics are those of the history lists of the training rows
+    train = ex[ex.split == "train"]
+    values = [v for h in train.history for v in h]
+    stats = features["stats"]["s_history"]
+    assert stats["values"] == len(values) and stats["distinct"] == len(set(values))
+    assert stats["empty_rows"] == int((train.history.map(len) == 0).sum())
 
 
 def test_history_never_contains_the_event_itself_or_ties_in_time(ratings) -> None:  # noqa: ANN001
@@ -373,11 +408,8 @@ def write_click_world(raw: Path, n_users: int = 6, n_days: int = 10) -> pd.DataF
     return events
 
 
-@pytest.fixture(scope="module")
-def clicks(spark, tmp_path_factory):  # noqa: ANN001, ANN201
-    root = tmp_path_factory.mktemp("clicks")
-    events = write_click_world(root / "raw")
-    cfg = parse_config(
+def clicks_config():  # noqa: ANN201
+    return parse_config(
         {
             "name": "sim",
             "source": {"kind": "simulator"},
@@ -388,8 +420,20 @@ def clicks(spark, tmp_path_factory):  # noqa: ANN001, ANN201
             },
         }
     )
-    manifest = job.run(cfg, root / "raw", root / "out", spark)
-    return events, manifest, read_examples(root / "out")
+
+
+@pytest.fixture(scope="module")
+def clicks_run(spark, tmp_path_factory):  # noqa: ANN001, ANN201
+    root = tmp_path_factory.mktemp("clicks")
+    events = write_click_world(root / "raw")
+    manifest, jobs = _run_counting_jobs(spark, clicks_config(), root / "raw", root / "out")
+    assert jobs <= MAX_SPARK_JOBS, jobs
+    return root, events, manifest, read_examples(root / "out")
+
+
+@pytest.fixture(scope="module")
+def clicks(clicks_run):  # noqa: ANN001, ANN201
+    return clicks_run[1:]
 
 
 def test_impressions_with_a_click_at_the_same_ts_are_positive(clicks) -> None:  # noqa: ANN001
@@ -478,16 +522,20 @@ def write_user_time_world(raw: Path) -> pd.DataFrame:
     return events
 
 
-@pytest.fixture(scope="module")
-def user_time(spark, tmp_path_factory):  # noqa: ANN001, ANN201
-    root = tmp_path_factory.mktemp("user_time")
-    events = write_user_time_world(root / "raw")
-    cfg = ratings_config(
+def user_time_config():  # noqa: ANN201
+    return ratings_config(
         label={"kind": "rating", "threshold": 4.0},
         split={"by": "user_time", **USER_SPLIT},
         history_length=3,
     )
-    manifest = job.run(cfg, root / "raw", root / "out", spark)
+
+
+@pytest.fixture(scope="module")
+def user_time(spark, tmp_path_factory):  # noqa: ANN001, ANN201
+    root = tmp_path_factory.mktemp("user_time")
+    events = write_user_time_world(root / "raw")
+    manifest, jobs = _run_counting_jobs(spark, user_time_config(), root / "raw", root / "out")
+    assert jobs <= MAX_SPARK_JOBS, jobs
     return events, manifest, read_examples(root / "out")
 
 
@@ -607,3 +655,76 @@ def test_the_job_runs_unchanged_under_spark_connect(tmp_path) -> None:  # noqa: 
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert counts["quarantined"] == EXPECTED_QUARANTINE
     assert (tmp_path / "out" / "examples" / "manifest.json").exists()
+
+
+# ----------------------------------------------------------------------------- same as before
+
+
+@pytest.mark.parametrize("world", ["ratings", "clicks", "user_time"])
+def test_examples_are_those_of_the_earlier_job_without_the_duplicate_column(world, request) -> None:  # noqa: ANN001
+    *_, manifest, ex = request.getfixturevalue(world)
+    before = pq.read_table(REFERENCE / f"{world}.parquet").to_pandas()
+    assert "s_history" in before.columns and "s_history" not in ex.columns
+    before = before.drop(columns=["s_history"])
+    key = ["user_id", "ts", "item_id", "label"]
+    got = ex.sort_values(key).reset_index(drop=True)
+    assert list(got.columns) == list(before.columns)
+    pd.testing.assert_frame_equal(got, before.sort_values(key).reset_index(drop=True))
+    old = json.loads((REFERENCE / f"{world}.manifest.json").read_text())
+    assert old["schema"].pop("s_history") == "list<element: string>"
+    for key in ("features", "counts", "label_rule", "split", "schema", "source"):
+        assert manifest[key] == old[key], key
+
+
+def test_a_clean_run_writes_no_quarantine_tables_and_readers_see_them_empty(clicks_run) -> None:  # noqa: ANN001
+    root, _, manifest, _ = clicks_run
+    assert manifest["counts"]["quarantined"] == {}
+    quarantine = root / "out" / "quarantine"
+    assert quarantine.is_dir() and not list(quarantine.iterdir())  # the release has it, empty
+    events = read_quarantine(quarantine, "events")
+    assert events.num_rows == 0 and "reason" in events.column_names
+
+
+# ----------------------------------------------------------------------------- concepts
+
+
+def test_concept_vocabulary_counts_items_per_normalised_concept(spark) -> None:  # noqa: ANN001
+    items = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "_id": ["a", "b", "c", "d", "e"],
+                "concepts": [
+                    ["Jazz", " jazz ", "Film  Noir"],  # one item, one concept twice
+                    ["JAZZ", "film noir"],
+                    ["Jazz", "Rock"],
+                    ["rock", "Solo"],
+                    None,
+                ],
+            }
+        )
+    )
+    got = job._concepts(job.concept_counts(items).collect(), min_count=2)
+    assert got == {
+        "min_count": 2,
+        "items": [
+            {"id": 0, "name": "jazz", "display": "Jazz", "count": 3},
+            {"id": 1, "name": "film noir", "display": "Film  Noir", "count": 2},
+            {"id": 2, "name": "rock", "display": "Rock", "count": 2},
+        ],
+    }
+    # the library's rule (and its Python vocabulary) agree with the job's
+    lists = [None if c is None else list(c) for c in items.toPandas().concepts]
+    assert ConceptVocabulary.from_concept_lists(lists, min_count=2).to_dict() == got
+    assert normalise_concept("  Film \t Noir ") == "film noir"
+    assert job._concepts(job.concept_counts(items).collect(), min_count=1)["items"][-1] == {
+        "id": 3, "name": "solo", "display": "Solo", "count": 1,
+    }  # fmt: skip
+
+
+def test_the_manifest_holds_the_item_concept_vocabulary(ratings) -> None:  # noqa: ANN001
+    _, manifest, _ = ratings
+    # items: drama on i1, i2, i6; comedy on i2; sci-fi on i4 (min_count 2 keeps drama only)
+    assert manifest["concepts"] == {
+        "min_count": 2,
+        "items": [{"id": 0, "name": "drama", "display": "drama", "count": 3}],
+    }

@@ -114,7 +114,8 @@ def write_examples(
             "lt7": pa.array(lt7, pa.int8()),
             "lt14": pa.array(lt14, pa.int8()),
             "history": pa.array(history, STR_LIST),
-            **{c: pa.array(v, STR_LIST) for c, v in cols.items()},
+            # examples store s_history's values once, as ``history`` (docs/data-contract.md)
+            **{c: pa.array(v, STR_LIST) for c, v in cols.items() if c != "s_history"},
             "d_item_popularity": pa.array(np.log1p(item_pop[items]).astype(np.float32)),
             "d_hour": pa.array(hour / 23.0),
             "d_user_activity": pa.array(user_activity[users].astype(np.float32)),

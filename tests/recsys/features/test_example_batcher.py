@@ -1,11 +1,14 @@
+import logging
 import threading
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from recsys.features.batcher import BatcherError, ExampleBatcher, read_split, table_to_batch
 from recsys.features.hashing import hash_values, to_int64
+from recsys.features.sparse_rule import example_column
 from recsys.features.spec import FeatureSpec
 from recsys.features.vocabulary import build_vocabulary
 
@@ -45,7 +48,7 @@ def test_batches_hold_the_raw_lists_hashed_with_salt_zero(examples_dir, spec):
         rows = table.slice(start, len(b))
         kjt = b.sparse.to_dict()
         for col in spec.sparse:
-            lists = rows.column(col).to_pylist()
+            lists = rows.column(example_column(col)).to_pylist()
             assert kjt[col].lengths().tolist() == [len(x) for x in lists]
             flat = [v for x in lists for v in x]
             expected = to_int64(hash_values(flat, 0)) if flat else np.zeros(0, np.int64)
@@ -151,9 +154,9 @@ def test_null_lists_and_null_values_become_short_bags():
 
 def test_vocabulary_holds_every_train_value_once(examples_dir, spec):
     vocab = build_vocabulary(examples_dir, ["s_user", "s_history"])
-    table = read_split(examples_dir, "train", ["s_user", "s_history"])
-    for col in ("s_user", "s_history"):
-        values = {v for x in table.column(col).to_pylist() for v in x}
+    table = read_split(examples_dir, "train", ["s_user", "history"])
+    for col, stored in (("s_user", "s_user"), ("s_history", "history")):
+        values = {v for x in table.column(stored).to_pylist() for v in x}
         expected = np.sort(to_int64(hash_values(sorted(values))))
         np.testing.assert_array_equal(vocab[col], expected)
         assert len(vocab[col]) == spec.cardinality[col]
@@ -174,3 +177,122 @@ def test_dense_columns_with_stats_are_standardised_and_nulls_land_on_the_mean():
     dense = table_to_batch(t, spec).dense.numpy()
     np.testing.assert_allclose(dense[:, 0], [-2.0, 5.0, 0.0])
     np.testing.assert_allclose(dense[:, 1], [1.5, 0.0, 2.0])
+
+
+class HistoryLength:
+    """A tiny match feature: the length of the row's history."""
+
+    name = "history_length"
+
+    def score(self, user_ids, histories, item_ids):  # noqa: ANN001, ANN201
+        assert len(user_ids) == len(histories) == len(item_ids)
+        return torch.tensor([float(len(h)) for h in histories])
+
+
+def test_match_features_score_each_row_from_its_history_into_batch_match(examples_dir, spec):
+    table = read_split(examples_dir, "train")
+    batcher = ExampleBatcher(
+        examples_dir, "train", spec, 100, prefetch=2, match_features=[HistoryLength()]
+    )
+    start = 0
+    for b in batcher:
+        rows = table.slice(start, len(b))
+        lengths = [float(len(h)) for h in rows.column("history").to_pylist()]
+        assert b.match is not None and b.match.dtype == torch.float32
+        assert b.match.shape == (len(b), 1) and b.match[:, 0].tolist() == lengths
+        assert b.histories == rows.column("history").to_pylist()
+        start += len(b)
+    assert start == 1600 and max(lengths) > 0
+
+
+def test_without_match_features_batches_carry_neither_scores_nor_histories(examples_dir, spec):
+    b = next(iter(ExampleBatcher(examples_dir, "train", spec, 10, prefetch=0)))
+    assert b.match is None and b.histories is None
+
+
+def test_s_history_is_read_from_history_when_examples_do_not_store_it(examples_dir, spec):
+    table = read_split(examples_dir, "valid")
+    assert "s_history" not in table.column_names
+    batch = table_to_batch(table, spec)
+    lists = table.column("history").to_pylist()
+    assert batch.sparse["s_history"].lengths().tolist() == [len(x) for x in lists]
+    flat = [v for x in lists for v in x]
+    np.testing.assert_array_equal(
+        batch.sparse["s_history"].values().numpy(), to_int64(hash_values(flat, 0))
+    )
+
+
+def _all_batches(batcher):  # noqa: ANN001, ANN202
+    out = []
+    for b in batcher:
+        kjt = b.sparse.to_dict()
+        out.append(
+            (
+                [(k, v.values().tolist(), v.lengths().tolist()) for k, v in kjt.items()],
+                b.dense.tolist(),
+                b.labels.tolist(),
+                list(b.user_ids),
+                None if b.match is None else b.match.tolist(),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize(("rank", "world_size"), [(0, 1), (1, 2)])
+def test_a_split_kept_in_memory_gives_every_epoch_exactly_the_streamed_batches(
+    examples_dir, spec, rank, world_size
+):
+    def batcher():  # noqa: ANN202
+        return ExampleBatcher(
+            examples_dir, "train", spec, 96, shuffle=True, seed=3, prefetch=2,
+            shuffle_row_groups=3, rank=rank, world_size=world_size,
+            match_features=[HistoryLength()],
+        )  # fmt: skip
+
+    streamed, kept = batcher(), batcher()
+    assert kept.keep_in_memory(64) and kept.in_memory and not streamed.in_memory
+    for epoch in (0, 1, 2):
+        streamed.set_epoch(epoch)
+        kept.set_epoch(epoch)
+        assert _all_batches(kept) == _all_batches(streamed)
+        if epoch == 0:  # the first epoch filled the memory with every row group
+            assert kept.memory_bytes > 0 and len(kept._memory) == len(kept._row_groups)
+    # resuming mid-epoch from memory starts at the same row as streaming does
+    streamed.set_epoch(5)
+    kept.set_epoch(5)
+    streamed.skip_examples(250)
+    kept.skip_examples(250)
+    assert _all_batches(kept) == _all_batches(streamed)
+
+
+def test_a_split_over_the_memory_budget_streams(examples_dir, spec, caplog):
+    caplog.set_level(logging.INFO, logger="recsys.features.batcher")
+    b = ExampleBatcher(examples_dir, "train", spec, 100, prefetch=0)
+    assert b.estimated_bytes == 0 and not b.keep_in_memory(0.01)
+    assert b.estimated_bytes > 0.01 * 2**20 and not b.in_memory
+    assert "streaming every epoch" in caplog.text
+    # within the estimate's budget but over it in fact: dropped while filling, then streaming
+    fits = ExampleBatcher(examples_dir, "train", spec, 100, prefetch=0)
+    assert fits.keep_in_memory(fits._estimate_bytes() / 2**20 * 1.01)
+    fits._budget = 1  # the real arrays are larger than one byte
+    first = _all_batches(fits)
+    assert not fits.in_memory and fits.memory_bytes == 0
+    assert _all_batches(fits) == first == _all_batches(b)
+
+
+def test_concept_ids_follow_item_count_then_name_and_display_the_commonest_spelling():
+    from recsys.features.vocabulary import concept_vocabulary
+
+    vocab = concept_vocabulary(
+        {"jazz": 3, "blues": 3, "rock": 5, "solo": 1},
+        {"jazz": {"Jazz": 2, "jazz": 1}, "blues": {"Blues": 1, "blues": 1}},
+        min_count=2,
+    )
+    assert vocab == {
+        "min_count": 2,
+        "items": [
+            {"id": 0, "name": "rock", "display": "rock", "count": 5},
+            {"id": 1, "name": "blues", "display": "Blues", "count": 3},
+            {"id": 2, "name": "jazz", "display": "Jazz", "count": 3},
+        ],
+    }

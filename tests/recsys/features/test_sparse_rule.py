@@ -113,3 +113,14 @@ def test_a_feature_whose_column_is_missing_is_an_error_naming_both() -> None:
         sparse_feature_columns(frame, ["s_item", "s_item_creator"])
     with pytest.raises(FeatureRuleError, match="'s_history' needs column 'history'"):
         sparse_feature_columns(pd.DataFrame({"user_id": ["u1"]}), ["s_user", "s_history"])
+
+
+def test_examples_store_s_history_as_history_and_every_other_feature_as_itself() -> None:
+    from recsys.features.sparse_rule import example_column
+
+    assert example_column("s_history") == "history"
+    assert [example_column(f) for f in ("s_user", "s_item_concepts", "s_hour")] == [
+        "s_user",
+        "s_item_concepts",
+        "s_hour",
+    ]

@@ -70,7 +70,7 @@ def test_embed_returns_unit_vectors_of_tower_dim_for_raw_rows(examples_dir: Path
     assert isinstance(model, Embedder)
     frame = pq.read_table(examples_dir / "split=valid").to_pandas().head(10)
     items = model.embed("item", frame[["s_item", "s_item_creator", "s_item_concepts"]])
-    users = model.embed("user", frame[["s_user", "s_user_country", "s_user_concepts", "s_history"]])
+    users = model.embed("user", frame[["s_user", "s_user_country", "s_user_concepts", "history"]])
     for vecs in (items, users):
         assert vecs.shape == (10, 12) and vecs.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)

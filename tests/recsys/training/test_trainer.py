@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -254,3 +255,59 @@ def test_tampered_checkpoint_metadata_is_refused_without_running_it(
     with pytest.raises(CheckpointError, match="posix.system is not allowed|os.system is not"):
         load_model_weights(copy)
     assert not marker.exists()
+
+
+class HistoryLength:
+    """A tiny match feature: how many items the row's history holds."""
+
+    name = "history_length"
+
+    def score(self, user_ids, histories, item_ids):  # noqa: ANN001, ANN201
+        return torch.tensor([float(len(h)) for h in histories])
+
+
+def _match_cfg(**train_kw: object) -> PipelineConfig:
+    cfg = _cfg(**train_kw).model_dump(mode="json")
+    cfg["model"]["num_match"] = 1
+    return parse_config(cfg)
+
+
+class Zero:
+    """A match feature that scores every pair 0: it can teach the ranker nothing."""
+
+    name = "zero"
+
+    def score(self, user_ids, histories, item_ids):  # noqa: ANN001, ANN201
+        return torch.zeros(len(item_ids))
+
+
+def test_a_ranker_with_a_match_input_trains_on_the_match_feature_scores(
+    examples_dir: Path, tmp_path: Path
+) -> None:
+    cfg = _match_cfg(max_steps=1, weight_decay=0.0)
+    torch.manual_seed(cfg.train.seed)  # what train() does before it builds the model
+    init = build_model(cfg, _spec(examples_dir), examples_dir)
+
+    def match_weights(feature: object, name: str) -> torch.Tensor:
+        result = train(cfg, examples_dir, tmp_path / name, resume=False, match_features=[feature])
+        assert result.steps == 1 and math.isfinite(result.losses[0])
+        weights = load_model_weights(result.last_checkpoint)
+        return weights["cross.kernels.0"][:, -1]  # the match input is the last input column
+
+    before = init.state_dict()["cross.kernels.0"][:, -1]
+    # AdamW (no weight decay) leaves a weight with zero gradient exactly as it was: the match
+    # column moves only when the batches carried non-zero scores into the ranker
+    assert torch.equal(match_weights(Zero(), "zero"), before)
+    assert not torch.equal(match_weights(HistoryLength(), "length"), before)
+
+
+def test_a_ranker_that_wants_match_features_refuses_to_train_without_them(
+    examples_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"model\.num_match is 1 but 0 match features"):
+        train(_match_cfg(max_steps=1), examples_dir, tmp_path, resume=False)
+    spec = _spec(examples_dir)
+    model = build_model(_match_cfg(), spec, examples_dir)
+    batch = table_to_batch(pq.read_table(examples_dir / "split=valid").slice(0, 8), spec)
+    with pytest.raises(ValueError, match=r"model\.num_match = 1"):
+        training_loss(model, model, batch, _match_cfg())
