@@ -164,9 +164,11 @@ def stage_train(cfg: PipelineConfig, resume: bool = True) -> dict[str, Any]:
             "valid_auc": run.best_auc,
             "epochs": run.metrics,
         }
+    from recsys.models.match import load_match_features
     from recsys.training.trainer import train
 
-    result = train(cfg, p["examples"], p["checkpoints"], resume=resume)
+    match = load_match_features(cfg.model) if cfg.model.kind == "ranker" else []
+    result = train(cfg, p["examples"], p["checkpoints"], resume=resume, match_features=match)
     return {
         "checkpoint": str(result.checkpoint),
         "best_epoch": result.best_epoch,

@@ -238,7 +238,7 @@ class EmbeddingConfig(Section):
 class MatchSourceConfig(Section):
     """One match feature of the ranker and where its frozen model comes from."""
 
-    name: Literal["sesa"] = "sesa"
+    name: Literal["sesa", "omni"] = "sesa"
     # A bundle directory: one version, or a bundle root whose newest version is used.
     # Relative paths are relative to the working directory.
     bundle: str

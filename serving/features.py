@@ -127,9 +127,15 @@ def score_table(
     return pa.table(cols)
 
 
-def rank_probabilities(model: torch.nn.Module, spec: FeatureSpec, table: pa.Table) -> np.ndarray:
-    """``(N,)`` float32 click probabilities of a ranker on a feature table."""
+def rank_probabilities(
+    model: torch.nn.Module, spec: FeatureSpec, table: pa.Table, match: torch.Tensor | None = None
+) -> np.ndarray:
+    """``(N,)`` float32 click probabilities of a ranker on a feature table (``match``: its
+    ``(N, M)`` match features, for a ranker trained with them)."""
     batch = table_to_batch(table, spec)
     with torch.inference_mode():
-        logits = model(batch.sparse, batch.dense).logits
+        if match is not None:
+            logits = model(batch.sparse, batch.dense, match).logits
+        else:
+            logits = model(batch.sparse, batch.dense).logits
     return torch.sigmoid(logits).numpy().astype(np.float32)

@@ -75,7 +75,11 @@ class OnlineFeatures:
         """Rows from Redis and their version; None when Redis cannot answer (read the disk)."""
         if self.redis is None:
             return None
-        return await self.redis.read_rows(self.namespace, kind, ids)
+        got = await self.redis.read_rows(self.namespace, kind, ids)
+        if got is None:
+            return None
+        version, rows = got
+        return rows, version
 
     def disk_rows(self, kind: str, ids: Sequence[str]) -> tuple[list[Row | None], str | None]:
         """Rows from the on-disk release (blocking: call it off the event loop) and its

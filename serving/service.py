@@ -24,6 +24,7 @@ from recsys.bundle import Bundle, BundleError
 from recsys.concepts.data import item_text
 from recsys.features.sparse_rule import FeatureRuleError
 from recsys.features.spec import FeatureSpec
+from recsys.models.match import MatchFeature, bundle_match_features, match_matrix
 from recsys.retrieval.build import open_bundle_index
 from recsys.retrieval.two_tier import TwoTierIndex
 from serving.cache import EmbeddingStore
@@ -148,6 +149,7 @@ class Servicer(pb_grpc.RecsysServiceServicer):
         self.catalogues, self.store, self.pool, self.metrics = catalogues, store, pool, metrics
         self.online, self.explainer = online, explainer
         self._spaces: dict[str, Any] = {}  # sesa bundle version -> its ConceptSpace
+        self._match: dict[str, list[MatchFeature]] = {}  # ranker version -> match features
         self._specs: dict[str, FeatureSpec] = {}
         self._indexes: OrderedDict[str, TwoTierIndex] = OrderedDict()
         self._index_lock = asyncio.Lock()
@@ -287,11 +289,7 @@ class Servicer(pb_grpc.RecsysServiceServicer):
             raise invalid("item_ids: at least one candidate is needed")
         check_ids("item_ids", item_ids, self.config.max_candidates)
         bundle = self._bundle(self.ranker, "Score")
-        if getattr(bundle.model, "num_match", 0):
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"ranker {bundle.version} reads match features, which are not served yet",
-            )
+        match_features = await self._match_features(context, bundle)
         user = await self._score_user(context, request)
         if "item" not in self.catalogues:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, "Score: no item catalogue")
@@ -308,7 +306,17 @@ class Servicer(pb_grpc.RecsysServiceServicer):
             if any(found):
                 items = rows_frame([r for r, f in zip(item_rows, found, strict=True) if f])
                 table = score_table(spec, user, items, ts_ms, dict(ctx.attributes), dict(ctx.dense))
-                probs[np.flatnonzero(found)] = rank_probabilities(bundle.model, spec, table)
+                match = None
+                if match_features:
+                    n = len(items)
+                    history = [str(i) for i in user[HISTORY].iloc[0]]
+                    match = match_matrix(
+                        match_features,
+                        np.full(n, request.user_id, dtype=object),
+                        [history] * n,
+                        items["item_id"].astype(str).to_numpy(dtype=object),
+                    )
+                probs[np.flatnonzero(found)] = rank_probabilities(bundle.model, spec, table, match)
             return probs, found
 
         probs, found = await self._run(context, score)
@@ -348,6 +356,24 @@ class Servicer(pb_grpc.RecsysServiceServicer):
             ]  # fmt: skip
 
         return await self._run(context, explain)
+
+    async def _match_features(
+        self, context: grpc.aio.ServicerContext, bundle: Bundle
+    ) -> list[MatchFeature]:
+        """The match features a ranker bundle was trained with, loaded once per version."""
+        if not getattr(bundle.model, "num_match", 0):
+            return []
+        features = self._match.get(bundle.version)
+        if features is None:
+            try:
+                features = await self._run(context, lambda: bundle_match_features(bundle.meta))
+            except (BundleError, OSError, ValueError) as e:
+                raise RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"ranker {bundle.version}: its match features cannot be loaded: {e}",
+                ) from None
+            self._match = {bundle.version: features}
+        return features
 
     async def _score_user(
         self, context: grpc.aio.ServicerContext, request: pb.ScoreRequest

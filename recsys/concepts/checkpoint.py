@@ -29,7 +29,7 @@ from recsys.bundle import (
 )
 from recsys.concepts.space import ConceptSpace, read_space_files, space_files
 from recsys.concepts.vocabulary import ConceptVocabulary
-from recsys.config import ModelConfig, PipelineConfig
+from recsys.config import PipelineConfig
 from recsys.models.sesa import SesaModel, sesa_from_kwargs
 
 BEST = "best"
@@ -151,15 +151,3 @@ def load_space(bundle: str | Path | Bundle) -> ConceptSpace:
         return v, b
 
     return read_space_files(bundle.path, encoder=encoder)
-
-
-def load_match_features(model: ModelConfig) -> list[ConceptSpace]:
-    """The ranker's match features ``model.match`` names, loaded from their bundles, in order
-    (each implements ``recsys.models.match.MatchFeature``; ``ConceptSpace.match_feature``:
-    the score without its id biases)."""
-    features = []
-    for source in model.match:
-        space = load_space(source.bundle).match_feature()
-        space.name = source.name
-        features.append(space)
-    return features

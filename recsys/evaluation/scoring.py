@@ -26,7 +26,7 @@ from recsys.bundle import Bundle
 from recsys.features.batcher import BatcherError, feature_columns, table_to_batch
 from recsys.features.sparse_rule import HISTORY
 from recsys.features.spec import FeatureSpec
-from recsys.models.match import MatchFeature
+from recsys.models.match import MatchFeature, bundle_match_features
 from recsys.models.ranker import Ranker
 
 KEEP = ("user_id", "item_id", "label", "ts", "lt7", "lt14")
@@ -146,6 +146,8 @@ def score_split(
     (``match_features`` as in ``score_table``)."""
     if bundle_kind(bundle) != "ranker":
         raise ValueError(f"{bundle.path}: a {bundle_kind(bundle)!r} bundle does not score rows")
+    if not match_features and getattr(bundle.model, "num_match", 0):
+        match_features = bundle_match_features(bundle.meta)  # those it was trained with
     spec = bundle_spec(bundle)
     first = split_files(examples_dir, split)[0]
     columns = needed_columns(spec, pq.ParquetFile(first).schema_arrow.names, match_features)

@@ -11,11 +11,15 @@ served score and the offline score of the same example agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from recsys.config import ModelConfig
 
 
 @runtime_checkable
@@ -65,3 +69,43 @@ def match_matrix(
             )
         columns.append(column)
     return torch.stack(columns, dim=1)
+
+
+def load_match_features(model: ModelConfig) -> list[MatchFeature]:
+    """The match features ``model.match`` names, loaded from their bundles, in column order.
+
+    ``sesa``: the bundle's concept space without its id biases (``ConceptSpace.match_feature``:
+    those memorise the labels the ranker trains on); ``omni``: cosine of the item's omni vector
+    with the mean of the user's last history items (``recsys.omni.match_feature``). A bundle
+    root stands for its newest version.
+    """
+    from recsys.bundle import newest_version, version_dirs
+
+    features: list[MatchFeature] = []
+    for source in model.match:
+        path = Path(source.bundle)
+        if not (path / "bundle.json").is_file() and version_dirs(path):
+            path = newest_version(path)
+        if source.name == "sesa":
+            from recsys.concepts.checkpoint import load_space
+
+            feature: Any = load_space(path).match_feature()
+        else:
+            from recsys.bundle import load_bundle
+            from recsys.omni.match_feature import OmniMatchFeature
+
+            load_bundle(path)  # checksums of the table verified before it is read
+            feature = OmniMatchFeature.from_table(path / "omni_items.parquet")
+        feature.name = source.name
+        features.append(feature)
+    return features
+
+
+def bundle_match_features(meta: Mapping[str, Any]) -> list[MatchFeature]:
+    """The match features a ranker bundle was trained with (its recorded ``model.match``)."""
+    from recsys.config import ModelConfig
+
+    recorded = (meta.get("config") or {}).get("model") or {}
+    if not recorded.get("match"):
+        return []
+    return load_match_features(ModelConfig.model_validate(recorded, strict=False))

@@ -170,3 +170,50 @@ def test_a_bad_redis_url_fails_before_spark_and_publishes_nothing(
         materialize_features.run(run.cfg, out_dir=tmp_path / "online", spark=spark, redis_url=url)
     assert "secret" not in str(failure.value) and "***" in str(failure.value)
     assert not (tmp_path / "online" / "current").exists()
+
+
+def test_a_ranker_with_a_sesa_match_feature_serves_its_offline_score(
+    spark,  # noqa: ANN001
+    run: Run,
+    tmp_path: Path,
+) -> None:
+    """SESA trained on the same examples feeds the ranker's match input (``model.match``);
+    the server loads the match feature the ranker bundle recorded and scores the example
+    from the user id alone exactly as offline scoring does."""
+    from recsys.concepts.checkpoint import export_space_bundle
+    from recsys.concepts.train import train_sesa
+    from recsys.evaluation.scoring import score_table
+    from recsys.models.match import bundle_match_features
+
+    sesa_cfg = run.cfg.model_copy(
+        update={
+            "model": run.cfg.model.model_copy(update={"kind": "sesa"}),
+            "sesa": run.cfg.sesa.model_copy(update={"embed_dim": 8, "hidden": 8, "top_k": 3}),
+        }
+    )
+    sesa = train_sesa(sesa_cfg, run.cfg.out / "examples")
+    export_space_bundle(sesa.space, sesa.model, tmp_path / "sesa")
+    data = run.cfg.model_dump(mode="json")
+    data["output_dir"] = str(tmp_path / "ranker")
+    data["model"]["match"] = [{"name": "sesa", "bundle": str(tmp_path / "sesa")}]
+    data["model"]["num_match"] = 1
+    ranker_cfg = parse_config(data)
+    (tmp_path / "ranker").mkdir()
+    (tmp_path / "ranker" / "examples").symlink_to(run.cfg.out / "examples")
+    (tmp_path / "ranker" / "raw").symlink_to(run.cfg.out / "raw")
+    run_pipeline(ranker_cfg, stages=("train", "export"))
+    bundle = load_bundle(newest_version(tmp_path / "ranker" / "bundles"))
+    assert bundle.model.num_match == 1
+    features = bundle_match_features(bundle.meta)
+    spec = FeatureSpec.from_dict(bundle.meta["model"]["kwargs"]["spec"])
+    offline = score_table(bundle.model, spec, run.example, features)["score"].iloc[0]
+    materialize_features.run(
+        ranker_cfg, run.cfg.out / "raw", tmp_path / "online", spark=spark, as_of=_as_of(run)
+    )
+    config = ServerConfig.from_pipeline(
+        ranker_cfg,
+        reload_interval_s=0.0,
+        compute_threads=1,
+        online_features=str(tmp_path / "online"),
+    )
+    assert _served(config, run) == pytest.approx(float(offline), abs=1e-6)

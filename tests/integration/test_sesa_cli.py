@@ -12,10 +12,11 @@ import numpy as np
 import torch
 import yaml
 
-from recsys.concepts.checkpoint import load_match_features, load_sesa_checkpoint, load_space
+from recsys.concepts.checkpoint import load_sesa_checkpoint, load_space
 from recsys.concepts.data import read_examples
 from recsys.concepts.train import load_concept_data, space_from_model
 from recsys.config import load_config
+from recsys.models.match import load_match_features
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "recsys" / "concepts"))
