@@ -555,6 +555,6 @@ def test_the_pipeline_smoke_check_calls_each_rpc_once(serving_data: ServingData)
         "EmbedUser": "OK",
         "Score": "OK",
         "Retrieve": "FAILED_PRECONDITION",  # these bundles have no index (see test_serving_retrieve)
-        "Explain": "UNIMPLEMENTED",
+        "Explain": "FAILED_PRECONDITION",  # no sesa bundle configured (test_serving_explain)
     }
     assert got["GetEmbeddings"]["model_version"] == V1 == got["Score"]["model_version"]
