@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -44,12 +43,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from host import describe_host
+from match_ranker import ranker_test_auc
 from result_file import command_line, ensure_examples, output_path, shown, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.config import PipelineConfig, SimulatorConfig, load_config  # noqa: E402
+from recsys.config import SimulatorConfig, load_config  # noqa: E402
 from recsys.omni.config import MODALITIES, OmniConfig  # noqa: E402
 from recsys.omni.id_tower import id_item_vectors, id_user_queries, train_id_tower  # noqa: E402
 from recsys.omni.item_media import item_inputs  # noqa: E402
@@ -308,42 +308,6 @@ def omni_match_features(
         model, _ = train_omni_stage2(run.stage1, omni, items, other, id_epochs, inputs=inputs)
         per_fold.append(OmniMatchFeature(inputs.item_ids, model.encode(inputs), HISTORY))
     return full, UserFoldMatchFeature(per_fold)
-
-
-def ranker_test_auc(
-    cfg: PipelineConfig, exdir: Path, match: list[OmniMatchFeature]
-) -> dict[str, float]:
-    """Test AUC of the best-validation ranker trained with ``match`` features."""
-    from sklearn.metrics import roc_auc_score
-
-    from recsys.features.batcher import ExampleBatcher
-    from recsys.training import train
-    from recsys.training.checkpoint import BEST, load_model_weights
-    from recsys.training.model_factory import build_model, read_spec
-
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"num_match": len(match)})})
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="omni-ranker-") as tmp:
-        result = train(cfg, exdir, tmp, resume=False, match_features=match)
-        spec = read_spec(exdir)
-        model = build_model(cfg, spec, exdir)
-        model.load_state_dict(load_model_weights(Path(tmp) / BEST))
-    model.eval()
-    batcher = ExampleBatcher(exdir, "test", spec, 4096, shuffle=False, prefetch=0)
-    batcher.set_match_features(match)
-    probs, labels = [], []
-    with torch.no_grad():
-        for batch in batcher:
-            args = (
-                (batch.sparse, batch.dense, batch.match) if match else (batch.sparse, batch.dense)
-            )
-            probs.append(torch.sigmoid(model(*args).logits).numpy())
-            labels.append(batch.labels.numpy())
-    return {
-        "auc": float(roc_auc_score(np.concatenate(labels), np.concatenate(probs))),
-        "valid_auc": float(result.best_metric or float("nan")),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
 
 
 def run_ranker(name: str, config: Path, sets: dict[str, Any], size: dict[str, Any]) -> dict:

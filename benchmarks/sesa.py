@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 import time
 import warnings
 from datetime import date, timedelta
@@ -36,13 +35,13 @@ from typing import Any
 
 import numpy as np
 from host import describe_host
+from match_ranker import ranker_test_auc
 from result_file import command_line, ensure_examples, output_path, shown, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from recsys.concepts.data import Examples, read_examples  # noqa: E402
 from recsys.concepts.esa import build_esa  # noqa: E402
@@ -206,41 +205,6 @@ def baseline_explanations(data: ConceptData, pairs: Examples) -> dict[str, list[
 
 
 # ---- ranker with / without the SESA match feature ------------------------------------------
-
-
-def ranker_test_auc(
-    cfg: PipelineConfig, exdir: Path, match: list[ConceptSpace]
-) -> dict[str, float]:
-    from recsys.features.batcher import ExampleBatcher
-    from recsys.training import train
-    from recsys.training.checkpoint import BEST, load_model_weights
-    from recsys.training.model_factory import build_model, read_spec
-
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"num_match": len(match)})})
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="sesa-ranker-") as tmp:
-        result = train(cfg, exdir, tmp, resume=False, match_features=match)
-        spec = read_spec(exdir)
-        model = build_model(cfg, spec, exdir)
-        model.load_state_dict(load_model_weights(Path(tmp) / BEST))
-    model.eval()
-    batcher = ExampleBatcher(exdir, "test", spec, 4096, shuffle=False, prefetch=0)
-    batcher.set_match_features(match)
-    probs, labels = [], []
-    with torch.no_grad():
-        for batch in batcher:
-            out = (
-                model(batch.sparse, batch.dense, batch.match)
-                if match
-                else model(batch.sparse, batch.dense)
-            )
-            probs.append(torch.sigmoid(out.logits).numpy())
-            labels.append(batch.labels.numpy())
-    return {
-        "auc": float(roc_auc_score(np.concatenate(labels), np.concatenate(probs))),
-        "valid_auc": float(result.best_metric or float("nan")),
-        "seconds": time.perf_counter() - t0,
-    }
 
 
 # ---- summary ------------------------------------------------------------------------------

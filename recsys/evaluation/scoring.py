@@ -148,7 +148,28 @@ def score_split(
         raise ValueError(f"{bundle.path}: a {bundle_kind(bundle)!r} bundle does not score rows")
     if not match_features and getattr(bundle.model, "num_match", 0):
         match_features = bundle_match_features(bundle.meta)  # those it was trained with
-    spec = bundle_spec(bundle)
+    return score_model_split(
+        bundle.model,  # type: ignore[arg-type]
+        bundle_spec(bundle),
+        examples_dir,
+        split,
+        batch_rows=batch_rows,
+        progress=progress,
+        match_features=match_features,
+    )
+
+
+def score_model_split(
+    model: Ranker,
+    spec: FeatureSpec,
+    examples_dir: str | Path,
+    split: str = "test",
+    *,
+    batch_rows: int = 8192,
+    progress: bool = True,
+    match_features: Sequence[MatchFeature] = (),
+) -> pd.DataFrame:
+    """``score_split`` for a ranker in memory (not exported) and its feature spec."""
     first = split_files(examples_dir, split)[0]
     columns = needed_columns(spec, pq.ParquetFile(first).schema_arrow.names, match_features)
     parts: list[pd.DataFrame] = []
@@ -159,7 +180,7 @@ def score_split(
         disable=not progress,
     ) as bar:
         for table in iter_split(examples_dir, split, columns, batch_rows):
-            parts.append(score_table(bundle.model, spec, table, match_features))  # type: ignore[arg-type]
+            parts.append(score_table(model, spec, table, match_features))
             bar.update(table.num_rows)
     return pd.concat(parts, ignore_index=True)
 
