@@ -163,14 +163,8 @@ def _fill_redis(written: dict[str, DataFrame], targets: dict[str, RedisVersion])
         )
     for kind, marker in markers.items():
         targets[kind].write_marker(marker, first_write)
-    any_target = next(iter(targets.values()))
-    import redis
-
-    try:
-        client = redis.Redis.from_url(any_target.url, socket_connect_timeout=5)
-        client.set(current_key(any_target.namespace), any_target.version)
-    except redis.RedisError as e:
-        raise RedisWarmingError(f"{current_key(any_target.namespace)} not written: {e}") from None
+    pointer = targets["user"]
+    pointer.point(current_key(pointer.namespace))
     return {kind: m.count for kind, m in markers.items()}
 
 

@@ -143,6 +143,15 @@ class RedisVersion:
         except redis.RedisError as e:
             raise RedisWarmingError(f"completion marker not written: {one_line(e)}") from None
 
+    def point(self, key: str) -> None:
+        """SET ``key`` to this version (a pointer readers follow; written after the markers)."""
+        import redis
+
+        try:
+            _client(self.url).set(key, self.version)
+        except redis.RedisError as e:
+            raise RedisWarmingError(f"{key} not written: {one_line(e)}") from None
+
     def cleanup(self) -> str:
         """Delete what a failed run wrote; returns a phrase for the error message."""
         import redis
