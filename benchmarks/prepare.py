@@ -17,11 +17,19 @@ warm-up rep of each that is not counted):
 - ``prepare``: the whole ``run()`` (validation, quarantine, labels, lt7/lt14, history, prior
   counts, entity features, split, statistics, manifest, publish).
 
-Reported per dataset: medians of wall seconds, ``run() / floor``, Spark jobs launched by each
-(a job group per run, counted with the status tracker), output bytes (examples vs the floor's
-output). When ``duckdb`` is importable the same window in DuckDB (2 threads) is the single-node
-reference. The bars: ``run() / floor`` <= 2.5 on MovieLens and <= 2.0 on the simulated world.
-Other jobs may share the machine: the JSON records the load average before and after.
+Reported per dataset: medians of wall seconds, ``run() / floor``, the same ratio on CPU seconds
+(driver JVM + this process: it moves much less than wall time when other jobs share the host),
+Spark jobs launched by each (a job group per run, counted with the status tracker), output
+bytes (examples vs the floor's output), and where ``run()``'s wall time goes: the quality
+action, the time cut-offs, the examples write, the statistics action, and the rest (planning
+on the driver, the manifest, the publish). When ``duckdb`` is importable the same window in
+DuckDB (2 threads) is the single-node reference. The bars: ``run() / floor`` <= 2.5 on
+MovieLens and <= 2.0 on the simulated world. Other jobs may share the machine: the JSON
+records the load average before and after.
+
+``--cold`` runs every rep of each kind in a fresh worker process (JVM start and session
+excluded, nothing warmed up), as ``recsys pipeline`` runs prepare: JIT compilation and class
+loading then weigh on both, and the JSON is ``prepare_floor_cold.json``.
 """
 
 from __future__ import annotations
@@ -126,7 +134,62 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*.parquet"))
 
 
-def _floor_worker(dataset: str, raw: str, work: str, reps: int, warmup: int) -> dict:
+class _ProcessCPU:
+    """CPU seconds (user + system) of this process and its JVM children: the local-mode driver
+    JVM runs the executors, so this is all the work a run does, wherever it ran."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self._jvms = [c for c in self._me.children(recursive=True) if "java" in c.name()]
+
+    def seconds(self) -> float:
+        import psutil
+
+        total = sum(self._me.cpu_times()[:2])
+        for p in self._jvms:
+            try:
+                total += sum(p.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
+
+
+# run()'s phases: (module, attribute) of the call timed, and its name in the breakdown.
+_PHASES = {
+    "quality": ("spark_jobs.job_run", "JobRun.quarantine_tables"),
+    "cut_offs": ("spark_jobs.build_training_data", "split_cutoffs"),
+    "write": ("spark_jobs.job_run", "JobRun.write_examples"),
+    "statistics": ("spark_jobs.build_training_data", "example_statistics"),
+}
+
+
+def _time_phases(phases: dict[str, float]) -> None:
+    """Wrap each ``_PHASES`` call so its wall seconds add up in ``phases`` (benchmark only)."""
+    import functools
+    import importlib
+
+    for name, (module, attr) in _PHASES.items():
+        owner = importlib.import_module(module)
+        *path, leaf = attr.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, leaf)
+
+        def timed(*a, _f=original, _name=name, **k):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                phases[_name] = phases.get(_name, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, leaf, functools.wraps(original)(timed))
+
+
+def _floor_worker(
+    dataset: str, raw: str, work: str, reps: int, warmup: int, kinds: list[str]
+) -> dict:
     from recsys.config import SparkConfig, load_config
     from spark_jobs import build_training_data as job
     from spark_jobs.session import build_session
@@ -136,29 +199,37 @@ def _floor_worker(dataset: str, raw: str, work: str, reps: int, warmup: int) -> 
     cfg = cfg.model_copy(update={"spark": spark_cfg})
     spark = build_session(spark_cfg)
     sc = spark.sparkContext
-    runs: dict[str, list[dict]] = {"floor": [], "prepare": []}
+    cpu = _ProcessCPU()
+    phases: dict[str, float] = {}
+    _time_phases(phases)
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
 
     def one(kind: str, tag: str) -> dict:
         group = f"{kind}-{tag}"
         sc.setJobGroup(group, group)
         out = Path(work) / f"out-{dataset}-{kind}"
-        t0 = time.perf_counter()
+        phases.clear()
+        t0, c0 = time.perf_counter(), cpu.seconds()
         if kind == "floor":
             floor_job(spark, Path(raw), out, _positive(cfg), cfg.prepare.history_length)
             rows = None
         else:
             rows = job.run(cfg, raw, out, spark)["counts"]["examples"]
             out = out / "examples"
-        seconds = time.perf_counter() - t0
-        return {
+        seconds, cpu_seconds = time.perf_counter() - t0, cpu.seconds() - c0
+        result = {
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "spark_jobs": len(sc.statusTracker().getJobIdsForGroup(group)),
             "output_bytes": _dir_bytes(out),
             "examples": rows,
         }
+        if kind == "prepare":
+            result["phases"] = {**phases, "rest": seconds - sum(phases.values())}
+        return result
 
     for r in range(warmup + reps):
-        order = ("floor", "prepare") if r % 2 == 0 else ("prepare", "floor")
+        order = kinds if r % 2 == 0 else kinds[::-1]
         for kind in order:
             res = one(kind, str(r))
             if r >= warmup:
@@ -215,71 +286,121 @@ def _median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def floor_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
-    from recsys.config import load_config
+def _worker_runs(
+    dataset: str, raw: Path, work: Path, reps: int, warmup: int, kinds: list[str]
+) -> dict | None:
+    """Run ``_floor_worker`` in a fresh process; its result, or None (stderr shown) on failure."""
+    res = subprocess.run(
+        [sys.executable, __file__, "--floor-worker", dataset, str(raw), str(work)]
+        + ["--reps", str(reps), "--warmup", str(warmup), "--kinds", *kinds],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr[-2000:])
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
-    datasets = ["movielens"] if args.quick else list(args.datasets)
-    reps = args.reps
-    out = output_path("prepare_floor", args.quick, args.out)
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-floor-"))
-    load_before = os.getloadavg()[0]
-    print(
-        f"# prepare vs Spark floor: datasets {datasets}, local[2], 8 shuffle partitions, "
-        f"{reps} interleaved reps (+{args.warmup} warm-up), medians"
-    )
-    print(f"# machine: {describe_host()}")
-    results = {}
-    for dataset in datasets:
-        raw = _raw_dir(dataset, work)
-        res = subprocess.run(
-            [sys.executable, __file__, "--floor-worker", dataset, str(raw), str(work)]
-            + ["--reps", str(reps), "--warmup", str(args.warmup)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        sys.stderr.write(res.stderr[-2000:] if res.returncode else "")
-        if res.returncode != 0:
-            return 1
-        r = json.loads(res.stdout.strip().splitlines()[-1])
-        floor, prep = r["runs"]["floor"], r["runs"]["prepare"]
-        ratios = [p["seconds"] / f["seconds"] for p, f in zip(prep, floor, strict=True)]
-        cfg = load_config(ROOT / "configs" / f"{dataset}.yaml")
-        duck = _duckdb_seconds(raw, cfg, reps)
-        bar = 2.5 if dataset == "movielens" else 2.0
-        results[dataset] = {
-            "events": r["events"],
-            "examples": prep[0]["examples"],
-            "floor_seconds": _median(floor, "seconds"),
-            "prepare_seconds": _median(prep, "seconds"),
-            "prepare_over_floor": statistics.median(ratios),
-            "prepare_over_floor_per_rep": ratios,
-            "bar": bar,
-            "meets_bar": statistics.median(ratios) <= bar,
-            "floor_spark_jobs": floor[0]["spark_jobs"],
-            "prepare_spark_jobs": prep[0]["spark_jobs"],
-            "floor_output_bytes": floor[0]["output_bytes"],
-            "prepare_output_bytes": prep[0]["output_bytes"],
-            "duckdb_seconds": None if duck is None else statistics.median(duck),
-            "runs": r["runs"],
-        }
+
+def _cold_runs(dataset: str, raw: Path, work: Path, reps: int) -> dict | None:
+    """``reps`` interleaved cold runs of each kind, each in a process of its own."""
+    runs: dict[str, list[dict]] = {"floor": [], "prepare": []}
+    events = 0
+    for r in range(reps):
+        for kind in ("floor", "prepare") if r % 2 == 0 else ("prepare", "floor"):
+            got = _worker_runs(dataset, raw, work, 1, 0, [kind])
+            if got is None:
+                return None
+            runs[kind] += got["runs"][kind]
+            events = got["events"]
+            print(f"#   rep {r}: {kind} {got['runs'][kind][0]['seconds']:.1f}s", file=sys.stderr)
+    return {"events": events, "runs": runs}
+
+
+def _dataset_result(dataset: str, r: dict, duck: list[float] | None) -> dict:
+    floor, prep = r["runs"]["floor"], r["runs"]["prepare"]
+    ratios = [p["seconds"] / f["seconds"] for p, f in zip(prep, floor, strict=True)]
+    cpu_ratios = [p["cpu_seconds"] / f["cpu_seconds"] for p, f in zip(prep, floor, strict=True)]
+    bar = 2.5 if dataset == "movielens" else 2.0
+    return {
+        "events": r["events"],
+        "examples": prep[0]["examples"],
+        "floor_seconds": _median(floor, "seconds"),
+        "prepare_seconds": _median(prep, "seconds"),
+        "prepare_over_floor": statistics.median(ratios),
+        "prepare_over_floor_per_rep": ratios,
+        "cpu_prepare_over_floor": statistics.median(cpu_ratios),
+        "prepare_phase_seconds": {
+            name: statistics.median(p["phases"][name] for p in prep) for name in prep[0]["phases"]
+        },
+        "bar": bar,
+        "meets_bar": statistics.median(ratios) <= bar,
+        "floor_spark_jobs": floor[0]["spark_jobs"],
+        "prepare_spark_jobs": prep[0]["spark_jobs"],
+        "floor_output_bytes": floor[0]["output_bytes"],
+        "prepare_output_bytes": prep[0]["output_bytes"],
+        "duckdb_seconds": None if duck is None else statistics.median(duck),
+        "runs": r["runs"],
+    }
+
+
+def _print_floor_table(results: dict[str, dict]) -> None:
     print()
     print(
         f"{'dataset':>10} {'events':>10} {'floor s':>8} {'prepare s':>10} {'ratio':>6} "
-        f"{'bar':>4} {'jobs floor/prep':>16} {'MB floor/prep':>14} {'duckdb s':>9}"
+        f"{'cpu ratio':>9} {'bar':>4} {'jobs floor/prep':>16} {'MB floor/prep':>14} "
+        f"{'duckdb s':>9}"
     )
     for name, d in results.items():
         duck = "n/a" if d["duckdb_seconds"] is None else f"{d['duckdb_seconds']:.2f}"
         print(
             f"{name:>10} {d['events']:>10,} {d['floor_seconds']:>8.1f} "
-            f"{d['prepare_seconds']:>10.1f} {d['prepare_over_floor']:>6.2f} {d['bar']:>4} "
+            f"{d['prepare_seconds']:>10.1f} {d['prepare_over_floor']:>6.2f} "
+            f"{d['cpu_prepare_over_floor']:>9.2f} {d['bar']:>4} "
             f"{d['floor_spark_jobs']:>7}/{d['prepare_spark_jobs']:<8} "
             f"{d['floor_output_bytes'] / 2**20:>6.1f}/{d['prepare_output_bytes'] / 2**20:<7.1f} "
             f"{duck:>9}"
         )
+    print("\nwhere run() goes (median wall seconds; rest = planning, manifest, publish):")
+    names = list(next(iter(results.values()))["prepare_phase_seconds"])
+    print(f"{'dataset':>10} " + " ".join(f"{n:>10}" for n in names))
+    for name, d in results.items():
+        phases = d["prepare_phase_seconds"]
+        print(f"{name:>10} " + " ".join(f"{phases[n]:>10.2f}" for n in names))
+
+
+def floor_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from recsys.config import load_config
+
+    datasets = ["movielens"] if args.quick else list(args.datasets)
+    reps = args.reps
+    name = "prepare_floor_cold" if args.cold else "prepare_floor"
+    out = output_path(name, args.quick, args.out)
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-floor-"))
+    load_before = os.getloadavg()[0]
+    how = "fresh process per run" if args.cold else f"one session, +{args.warmup} warm-up"
+    print(
+        f"# prepare vs Spark floor: datasets {datasets}, local[2], 8 shuffle partitions, "
+        f"{reps} interleaved reps ({how}), medians"
+    )
+    print(f"# machine: {describe_host()}")
+    results = {}
+    for dataset in datasets:
+        raw = _raw_dir(dataset, work)
+        if args.cold:
+            r = _cold_runs(dataset, raw, work, reps)
+        else:
+            r = _worker_runs(dataset, raw, work, reps, args.warmup, ["floor", "prepare"])
+        if r is None:
+            return 1
+        cfg = load_config(ROOT / "configs" / f"{dataset}.yaml")
+        results[dataset] = _dataset_result(dataset, r, _duckdb_seconds(raw, cfg, reps))
+    _print_floor_table(results)
     setup = {
         "master": "local[2]",
         "shuffle_partitions": 8,
         "reps": reps,
-        "warmup": args.warmup,
+        "warmup": 0 if args.cold else args.warmup,
+        "cold": args.cold,
         "machine": describe_host(),
         "load_avg_before": load_before,
         "load_avg_after": os.getloadavg()[0],
@@ -495,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--reps", type=int, default=REPS, help="interleaved reps (medians)")
     p.add_argument("--warmup", type=int, default=1, help="uncounted reps first")
+    p.add_argument("--cold", action="store_true", help="every run in a fresh process")
+    p.add_argument("--kinds", nargs="+", default=["floor", "prepare"], help=argparse.SUPPRESS)
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="size mode: events")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--partitions", type=int, default=8)
@@ -510,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_worker(*args.worker, args.master, args.partitions)))
         return 0
     if args.floor_worker:
-        print(json.dumps(_floor_worker(*args.floor_worker, args.reps, args.warmup)))
+        print(json.dumps(_floor_worker(*args.floor_worker, args.reps, args.warmup, args.kinds)))
         return 0
     if args.sizes or args.resummarize:
         return sizes_mode(args, argv)
