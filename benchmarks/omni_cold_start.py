@@ -292,22 +292,46 @@ def ranker_datasets() -> dict[str, tuple[Path, dict[str, Any]]]:
 
 
 def omni_match_features(
-    items: pa.Table, rows: np.ndarray, cases: NextItemCases, omni: OmniConfig, id_epochs: int
-) -> tuple[OmniMatchFeature, UserFoldMatchFeature]:
-    """Distilled omni models trained on the training split only, as match features: one on
-    every training positive (in-sample scores on the ranker's training rows) and a 2-fold
-    out-of-fold one (each user scored by a stage 2 that never saw that user's positives)."""
+    items: pa.Table, rows: np.ndarray, cases: NextItemCases, omni: OmniConfig, id_epochs: int,
+    exdir: Path,
+) -> dict[str, OmniMatchFeature | UserFoldMatchFeature]:  # fmt: skip
+    """Distilled omni models trained on the training split only, as match features:
+
+    - ``with_omni``: one model on every training positive, its cosine standardised with the
+      mean and std over the training examples (what the pipeline's bundle serves);
+    - ``with_omni_raw``: the same model's raw cosine (the diagnosis: unstandardised input);
+    - ``with_omni_oof``: 2-fold out-of-fold, standardised (each user scored by a stage 2
+      that never saw that user's positives)."""
     inputs = item_inputs(items, omni)
     run = train_omni(omni, items, cases, rows, id_epochs=id_epochs)
-    full = OmniMatchFeature(inputs.item_ids, run.model.encode(inputs), HISTORY)
+    raw = OmniMatchFeature(inputs.item_ids, run.model.encode(inputs), HISTORY)
     folds = user_fold(cases.user_ids, 2)
     per_fold = []
     for f in range(2):
         keep = folds != f
         other = NextItemCases(cases.user_ids[keep], cases.history[keep], cases.target[keep])
         model, _ = train_omni_stage2(run.stage1, omni, items, other, id_epochs, inputs=inputs)
-        per_fold.append(OmniMatchFeature(inputs.item_ids, model.encode(inputs), HISTORY))
-    return full, UserFoldMatchFeature(per_fold)
+        fold = OmniMatchFeature(inputs.item_ids, model.encode(inputs), HISTORY)
+        per_fold.append(fold.standardised_on(exdir))
+    return {
+        "with_omni": raw.standardised_on(exdir),
+        "with_omni_raw": raw,
+        "with_omni_oof": UserFoldMatchFeature(per_fold),
+    }
+
+
+def feature_auc(feature: OmniMatchFeature, exdir: Path) -> dict[str, float]:
+    """Test-set style AUC of the match score alone on each split's rows (no ranker)."""
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for split in ("train", "valid", "test"):
+        table = pq.read_table(exdir / f"split={split}", columns=["item_id", "history", "label"])
+        histories = [list(h or []) for h in table["history"].to_pylist()]
+        items = np.asarray(table["item_id"].to_pylist(), dtype=object)
+        score = feature.score(items, histories, items).numpy()  # user ids are unused
+        out[split] = float(roc_auc_score(table["label"].to_numpy(), score))
+    return out
 
 
 def run_ranker(name: str, config: Path, sets: dict[str, Any], size: dict[str, Any]) -> dict:
@@ -324,28 +348,35 @@ def run_ranker(name: str, config: Path, sets: dict[str, Any], size: dict[str, An
     modalities = ["text", "categorical"] if name == "movielens" else list(MODALITIES)
     omni_size = size["movielens_omni"] if name == "movielens" else size["omni"]
     arms: dict[str, list[dict[str, float]]] = {
-        "without_omni": [], "with_omni": [], "with_omni_oof": []
+        "without_omni": [], "with_omni": [], "with_omni_raw": [], "with_omni_oof": []
     }  # fmt: skip
+    scales: list[dict[str, float]] = []
     for seed in size["seeds"]:
         omni = OmniConfig(seed=seed, modalities=modalities, **omni_size)
-        full, oof = omni_match_features(items, rows, cases, omni, size["id_epochs"])
+        features = omni_match_features(items, rows, cases, omni, size["id_epochs"], exdir)
+        scale = features["with_omni"].scale  # type: ignore[union-attr]
+        auc_alone = feature_auc(features["with_omni"], exdir)  # type: ignore[arg-type]
+        scales.append({"mean": scale.mean, "std": scale.std, "feature_auc": auc_alone})
+        print(f"#   {name} seed {seed}: omni score alone, AUC per split {auc_alone}", flush=True)
         cfg = base.model_copy(
             update={"train": base.train.model_copy(
                 update={"seed": seed, "progress": False, "epochs": size["ranker_epochs"]}
             )}
         )  # fmt: skip
-        for arm, match in (("without_omni", []), ("with_omni", [full]), ("with_omni_oof", [oof])):
+        for arm in arms:
+            match = [features[arm]] if arm in features else []
             arms[arm].append(ranker_test_auc(cfg, exdir, match))
             print(f"#   ranker {name} seed {seed} {arm}: {arms[arm][-1]}", flush=True)
     aucs = {arm: [r["auc"] for r in runs] for arm, runs in arms.items()}
     gains, checks = {}, {}
-    for arm in ("with_omni", "with_omni_oof"):
+    for arm in ("with_omni", "with_omni_raw", "with_omni_oof"):
         diff = np.subtract(aucs[arm], aucs["without_omni"])
         spread = max(float(np.std(aucs[arm])), float(np.std(aucs["without_omni"])))
         gains[arm] = {"mean": float(diff.mean()), "std": float(diff.std()), "values": diff.tolist()}
         checks[f"{arm}_not_lower_beyond_spread"] = bool(diff.mean() >= -spread)
     return {
         "examples": shown(exdir),
+        "omni_feature": scales,  # raw cosine mean / std on train rows; AUC of the score alone
         "runs": arms,
         "auc": {
             arm: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v}

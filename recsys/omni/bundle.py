@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,14 +25,21 @@ from recsys.omni.fusion import OmniModalEncoder
 OMNI_KIND = "omni"
 OMNI_FACTORY = "recsys.omni.fusion:omni_from_kwargs"
 OMNI_TABLE = "omni_items.parquet"
+MATCH_SCALE_KEY = b"omni.match_scale"
 
 
 class OmniTableError(ValueError):
     """An omni item table that cannot be used; the message names the file and the problem."""
 
 
-def write_item_table(path: str | Path, item_ids: np.ndarray, vectors: np.ndarray) -> None:
-    """Write ``item_ids (I,)`` and ``vectors (I, D)`` float32 to ``path`` atomically."""
+def write_item_table(
+    path: str | Path,
+    item_ids: np.ndarray,
+    vectors: np.ndarray,
+    match_scale: tuple[float, float] | None = None,
+) -> None:
+    """Write ``item_ids (I,)`` and ``vectors (I, D)`` float32 to ``path`` atomically, with
+    the match score's ``(mean, std)`` in the schema metadata when given."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
         raise OmniTableError(
@@ -45,6 +53,14 @@ def write_item_table(path: str | Path, item_ids: np.ndarray, vectors: np.ndarray
     table = pa.table(
         {"item_id": pa.array([str(i) for i in item_ids], pa.string()), "embedding": embedding}
     )
+    if match_scale is not None:
+        mean, std = (float(v) for v in match_scale)
+        if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+            raise OmniTableError(
+                f"{path}: match scale needs a finite mean and std > 0, got {mean}, {std}"
+            )
+        meta = {MATCH_SCALE_KEY: json.dumps({"mean": mean, "std": std}).encode()}
+        table = table.replace_schema_metadata(meta)
     with atomic_file(path) as f:
         pq.write_table(table, f)
 
@@ -69,9 +85,26 @@ def read_item_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, vectors
 
 
-def item_table_writer(item_ids: np.ndarray, vectors: np.ndarray) -> Callable[[Path], None]:
+def read_match_scale(path: str | Path) -> tuple[float, float] | None:
+    """The ``(mean, std)`` of the match score stored with an omni item table, or ``None``."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException) as e:
+        raise OmniTableError(f"{path}: unreadable omni item table: {e}") from e
+    if MATCH_SCALE_KEY not in meta:
+        return None
+    try:
+        scale = json.loads(meta[MATCH_SCALE_KEY])
+        return float(scale["mean"]), float(scale["std"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise OmniTableError(f"{path}: bad {MATCH_SCALE_KEY.decode()} metadata: {e}") from e
+
+
+def item_table_writer(
+    item_ids: np.ndarray, vectors: np.ndarray, match_scale: tuple[float, float] | None = None
+) -> Callable[[Path], None]:
     """An ``export_bundle(extra_files={OMNI_TABLE: ...})`` writer of the table."""
-    return lambda path: write_item_table(path, item_ids, vectors)
+    return lambda path: write_item_table(path, item_ids, vectors, match_scale)
 
 
 def export_omni_bundle(
@@ -81,9 +114,11 @@ def export_omni_bundle(
     *,
     version: str | None = None,
     metrics: dict | None = None,
+    match_scale: tuple[float, float] | None = None,
 ) -> Path:
     """Export ``model`` as a bundle of kind ``omni`` with the embeddings of every row of
-    ``items`` (``omni_items.parquet``); returns the version directory."""
+    ``items`` (``omni_items.parquet``, with the match feature's ``match_scale`` when given);
+    returns the version directory."""
     register_model_kind(OMNI_KIND, OMNI_FACTORY)
     ids = np.asarray(items.column("item_id").to_pylist(), dtype=object)
     vectors = model.embed_items(items)
@@ -95,5 +130,5 @@ def export_omni_bundle(
         version=version,
         metrics=metrics,
         features={"item": ["title", "text", "concepts", "creator", "image", "audio"]},
-        extra_files={OMNI_TABLE: item_table_writer(ids, vectors)},
+        extra_files={OMNI_TABLE: item_table_writer(ids, vectors, match_scale)},
     )

@@ -4,7 +4,8 @@
 ``model.kind: omni``: it reads ``raw/items.parquet`` and the positives of the examples' train
 split, trains an ID-only two-tower on them (the ``id2item`` teacher, when that loss is on),
 then stage 1 and stage 2 (``recsys.omni.training``), and exports a bundle of kind ``omni``
-holding the model and the embedding of every catalogue item (``recsys.omni.bundle``).
+holding the model and the embedding of every catalogue item (``recsys.omni.bundle``), with the
+match feature's standardisation fitted on the training examples (``recsys.omni.match_feature``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from recsys.omni.config import OmniConfig
 from recsys.omni.fusion import OmniModalEncoder
 from recsys.omni.id_tower import id_item_vectors, train_id_tower
 from recsys.omni.item_media import OmniInputs, item_inputs
+from recsys.omni.match_feature import OmniMatchFeature
 from recsys.omni.next_item import NextItemCases
 from recsys.omni.training import NextItemPairs, train_stage1, train_stage2
 
@@ -116,7 +118,13 @@ def run_omni(
     }
     if "stage2" in run.losses:
         metrics["stage2_final_loss"] = float(np.mean(run.losses["stage2"][-10:]))
-    return export_omni_bundle(bundles_dir, run.model, items, metrics=metrics)
+    match = OmniMatchFeature(item_ids, run.model.embed_items(items), cfg.history_length)
+    scale = match.standardised_on(examples_dir).scale
+    assert scale is not None  # standardised_on always fits one
+    metrics.update(match_mean=scale.mean, match_std=scale.std)
+    return export_omni_bundle(
+        bundles_dir, run.model, items, metrics=metrics, match_scale=scale.as_tuple()
+    )
 
 
 def train_omni_stage2(

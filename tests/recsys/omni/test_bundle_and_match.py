@@ -120,3 +120,65 @@ def test_out_of_fold_feature_scores_each_user_with_its_own_folds_table() -> None
     np.testing.assert_array_equal(user_fold(users, 2), folds)  # stable
     scores = feature.score(users, [["a"]] * 40, np.array(["b"] * 40, dtype=object))
     np.testing.assert_allclose(scores.numpy(), np.where(folds == 0, 1.0, 0.0), atol=1e-6)
+
+
+def test_standardised_scores_have_zero_mean_and_unit_std_on_the_rows_they_were_fitted_on() -> None:
+    from recsys.omni.match_feature import MatchScale
+
+    rng = np.random.default_rng(1)
+    ids = [f"i{k}" for k in range(20)]
+    feature = OmniMatchFeature(ids, rng.normal(size=(20, 6)).astype(np.float32), 3)
+    histories = [[str(rng.choice(ids)) for _ in range(rng.integers(1, 6))] for _ in range(200)]
+    items = np.array([str(rng.choice(ids)) for _ in range(200)], dtype=object)
+    users = np.array(["u"] * 200, dtype=object)
+    scale = feature.fit_scale(histories, items)
+    raw = feature.score(users, histories, items).numpy()
+    assert scale == MatchScale(pytest.approx(raw.mean()), pytest.approx(raw.std(), rel=1e-4))
+    standard = feature.with_scale(scale)
+    z = standard.score(users, histories, items).numpy()
+    assert abs(z.mean()) < 1e-4 and z.std() == pytest.approx(1.0, rel=1e-3)
+    np.testing.assert_allclose(z, (raw - scale.mean) / scale.std, atol=1e-5)
+    # no history, or an item outside the table: the neutral 0, not the raw 0 (= -mean/std)
+    empty = standard.score(
+        np.array(["u", "u"], dtype=object), [[], ["i1"]], np.array(["i2", "new"], dtype=object)
+    )
+    torch.testing.assert_close(empty, torch.zeros(2))
+    assert feature.scale is None  # with_scale leaves the original raw
+
+
+def test_fitting_a_scale_without_any_scored_row_names_the_feature() -> None:
+    feature = OmniMatchFeature(["a"], np.ones((1, 2), dtype=np.float32), name="omni")
+    with pytest.raises(ValueError, match="'omni': 0 of 2 rows"):
+        feature.fit_scale([[], ["zzz"]], np.array(["a", "a"], dtype=object))
+
+
+def test_match_scale_is_stored_with_the_item_table_and_read_back(tmp_path: Path) -> None:
+    from recsys.omni.bundle import read_match_scale
+
+    path = tmp_path / OMNI_TABLE
+    ids = np.array(["x", "y"], dtype=object)
+    vectors = np.array([[1, 0], [0.6, 0.8]], dtype=np.float32)
+    write_item_table(path, ids, vectors, match_scale=(0.5, 0.25))
+    assert read_match_scale(path) == (0.5, 0.25)
+    feature = OmniMatchFeature.from_table(path)
+    score = feature.score(np.array(["u"], dtype=object), [["x"]], np.array(["y"], dtype=object))
+    assert float(score[0]) == pytest.approx((0.6 - 0.5) / 0.25)
+    write_item_table(path, ids, vectors)  # no scale: raw cosines
+    assert read_match_scale(path) is None and OmniMatchFeature.from_table(path).scale is None
+    with pytest.raises(OmniTableError, match="std > 0"):
+        write_item_table(path, ids, vectors, match_scale=(0.5, 0.0))
+
+
+def test_a_table_with_corrupt_match_scale_metadata_is_refused_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    import pyarrow.parquet as pq
+
+    from recsys.omni.bundle import MATCH_SCALE_KEY
+
+    path = tmp_path / OMNI_TABLE
+    write_item_table(path, np.array(["x"], dtype=object), np.ones((1, 2), dtype=np.float32))
+    table = pq.read_table(path).replace_schema_metadata({MATCH_SCALE_KEY: b'{"mean": 0.5'})
+    pq.write_table(table, path)
+    with pytest.raises(OmniTableError, match=f"{path}: bad omni.match_scale metadata"):
+        OmniMatchFeature.from_table(path)

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from recsys.bundle import load_bundle
 from recsys.omni.bundle import OMNI_TABLE, read_item_table
@@ -40,3 +41,24 @@ def test_run_omni_exports_a_bundle_with_every_catalogue_item(
     ids, vectors = read_item_table(version / OMNI_TABLE)
     assert ids.tolist() == items["item_id"].to_pylist()
     np.testing.assert_allclose(bundle.embed("item", items.to_pandas()), vectors, atol=1e-6)
+
+
+def test_run_omni_stores_a_match_scale_that_standardises_the_training_rows(
+    tmp_path: Path, examples_dir: Path, items: pa.Table, small_cfg: OmniConfig
+) -> None:
+    from recsys.omni.match_feature import OmniMatchFeature, example_rows
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pq.write_table(items, raw / "items.parquet")
+    cfg = small_cfg.model_copy(update={"stage1_epochs": 1, "stage2_epochs": 1})
+    version = run_omni(cfg, raw, examples_dir, tmp_path / "bundles", progress=False)
+    feature = OmniMatchFeature.from_table(version / OMNI_TABLE, cfg.history_length)
+    assert feature.scale is not None
+    assert load_bundle(version).meta["metrics"]["match_std"] == pytest.approx(feature.scale.std)
+    histories, item_ids = example_rows(examples_dir)
+    _, scored = feature.cosines(histories, item_ids)
+    users = np.array(["u"] * len(item_ids), dtype=object)
+    z = feature.score(users, histories, item_ids).numpy()[scored]
+    assert scored.sum() > 10
+    assert abs(z.mean()) < 1e-3 and z.std() == pytest.approx(1.0, rel=1e-3)
