@@ -903,7 +903,7 @@ def train_value_counts(rows: DataFrame, entities: EntityFeatures) -> tuple[DataF
 def concept_counts(items: DataFrame) -> DataFrame:
     """``COUNT_ROWS`` of the item concept vocabulary: per normalised concept (whitespace
     collapsed and stripped, lower-cased: ``recsys.concepts.vocabulary.normalise_concept``'s
-    rule for text without compatibility characters) the items carrying it (``kind="concept"``),
+    rule, checked by tests/recsys/concepts/test_normalise_spark.py) the items carrying it (``kind="concept"``),
     and per (concept, original spelling, stripped) the items carrying that spelling
     (``kind="concept_spelling"``). ``items``: valid rows with ``_id``."""
     values = _feature_column(items, SparseFeature("s_item_concepts", CONCEPTS, Derivation.CONCEPTS))

@@ -179,7 +179,7 @@ class _Tensors:
 
 
 @torch.no_grad()
-def _item_cache(model: SesaModel, t: _Tensors, chunk: int = 4096) -> torch.Tensor:
+def _item_cache(model: SesaModel, t: _Tensors, chunk: int = 1024) -> torch.Tensor:
     """``(I, K)`` every item's vector without gradient (the history cache)."""
     was_training = model.training
     model.eval()

@@ -1,9 +1,18 @@
-"""The item concept vocabulary: normalised concept names with ids, display names and counts.
+r"""The item concept vocabulary: normalised concept names with ids, display names and counts.
 
-A concept name is normalised by NFKC, case folding, trimming and collapsing runs of whitespace
-(``"  Genre:Sci-Fi "`` and ``"genre:sci-fi"`` are one concept). Concepts seen on fewer than
-``min_count`` items are left out. Ids are positions in the order ``(-count, name)``, so the
-most common concept is id 0 and equal inputs give equal ids.
+A concept name is normalised by ONE rule, the Spark prepare job's (``concept_counts`` in
+``spark_jobs/build_training_data.py``: ``lower(trim(regexp_replace(raw, '(?U)\s+', ' ')))``):
+every run of Unicode white space (``White_Space``: tabs, newlines, NBSP, ideographic space, ...)
+becomes one space, spaces are stripped from both ends, letters are lower-cased
+(``"  Genre:Sci-Fi "`` and ``"genre:sci-fi"`` are one concept). No compatibility folding (a
+full-width ``"ＪＡＺＺ"`` is ``"ｊａｚｚ"``, not ``"jazz"``) and no case folding beyond
+lower-casing (``"Straße"`` stays ``"straße"``): Spark SQL has neither, and a vocabulary that
+the job and the library spell differently would give concepts two ids.
+``tests/recsys/concepts/test_normalise_spark.py`` runs the job's ``concept_counts`` on odd
+strings and checks that this module gives the same names, display names and counts.
+
+Concepts seen on fewer than ``min_count`` items are left out. Ids are positions in the order
+``(-count, name)``, so the most common concept is id 0 and equal inputs give equal ids.
 
 The Spark prepare job records this vocabulary in the examples manifest (``"concepts"``:
 ``{"min_count", "items": [{"id", "name", "display", "count"}]}``); ``load_vocabulary`` prefers
@@ -14,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,14 +31,24 @@ from typing import Any
 
 import pyarrow as pa
 
-_SPACES = re.compile(r"\s+")
+# Unicode White_Space, what Java's ``(?U)\s`` matches (Python's ``\s`` also matches the
+# separators U+001C..U+001F, which are not white space to Java).
+_WHITE_SPACE = re.compile(
+    "[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+"
+)
+
+
+def trim_spaces(text: str) -> str:
+    """``text`` without the ASCII spaces at both ends (Spark SQL's ``trim``)."""
+    return text.strip(" ")
 
 
 def normalise_concept(name: str | None) -> str:
-    """The normalised form of a concept name (``""`` for ``None`` or blank names)."""
+    """The normalised form of a concept name (``""`` for ``None`` or blank names): white-space
+    runs -> one space, stripped, lower-cased (the module docstring's rule)."""
     if not name:
         return ""
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", name).casefold()).strip()
+    return trim_spaces(_WHITE_SPACE.sub(" ", name)).lower()
 
 
 @dataclass(frozen=True)
@@ -80,24 +98,21 @@ class ConceptVocabulary:
     def from_concept_lists(
         cls, concept_lists: Iterable[Sequence[str | None] | None], min_count: int = 1
     ) -> ConceptVocabulary:
-        """Count every item's concepts once (after normalising) and keep those on
-        ``>= min_count`` items."""
-        counts: Counter[str] = Counter()
-        spellings: dict[str, Counter[str]] = {}
+        """Count the items carrying each normalised concept and each (concept, spelling with
+        spaces trimmed), as the Spark job does, and keep the concepts on ``>= min_count``
+        items (``recsys.features.vocabulary.concept_vocabulary`` picks ids and display names
+        for both)."""
+        from recsys.features.vocabulary import concept_vocabulary
+
+        per_concept: Counter[str] = Counter()
+        per_spelling: dict[str, Counter[str]] = {}
         for concepts in concept_lists:
-            seen: set[str] = set()
-            for raw in concepts or ():
-                name = normalise_concept(raw)
-                if not name or name in seen:
-                    continue
-                seen.add(name)
-                counts[name] += 1
-                spellings.setdefault(name, Counter())[raw.strip()] += 1
-        kept = sorted(
-            (n for n, c in counts.items() if c >= min_count), key=lambda n: (-counts[n], n)
-        )
-        display = tuple(min(spellings[n].items(), key=lambda kv: (-kv[1], kv[0]))[0] for n in kept)
-        return cls(tuple(kept), display, tuple(counts[n] for n in kept), min_count)
+            pairs = {(normalise_concept(raw), trim_spaces(raw)) for raw in concepts or () if raw}
+            pairs = {(name, spelling) for name, spelling in pairs if name}
+            per_concept.update({name for name, _ in pairs})
+            for name, spelling in pairs:
+                per_spelling.setdefault(name, Counter())[spelling] += 1
+        return cls.from_dict(concept_vocabulary(per_concept, per_spelling, min_count))
 
     @classmethod
     def from_items(cls, items: pa.Table, min_count: int = 1) -> ConceptVocabulary:

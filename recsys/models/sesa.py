@@ -4,12 +4,20 @@ Supervised Explicit Semantic Analysis (Bogdanova & Yazdani 2017): an encoder map
 latent vector, a projector maps it onto learned concept vectors (one per concept of the
 vocabulary), and relevance is a dot product in that explicit space. Here::
 
-    tokens (N, T) --TextTokenizer--> embeddings (N, T, E) --bi-GRU--> h (N, 2H)
-    z = h @ concept_vectors.T + b                     (N, C)  one logit per named concept
+    tokens (N, T) --TextTokenizer--> embeddings x (N, T, E) --bi-GRU--> h (N, 2H)
+    z = h @ concept_vectors.T + max_t (x_t @ word_concept_vectors.T) + b
+                                                      (N, C)  one logit per named concept
     p = sigmoid(z)                                    (N, C)  P(item has concept c)
     a = p on the k largest p that are >= floor * max_c p, else 0   (N, C)  <= k non-zeros
     user u = alpha * declared (C) + beta * mean(a of the user's history items)
     score(u, i) = sum_c w_c * u_c * a_ic + global + user_bias(u) + item_bias(i)
+
+The second term is word evidence: each token's embedding scored against every concept, the
+strongest token per concept kept (0 for a text without tokens). A concept named by one word of
+a long text (a secondary genre, a tag) reaches the logit through it directly; the bi-GRU's last
+states alone blur such single words, so concept prediction on items whose labels were never
+seen stayed near the prior (MovieLens held-back P@5 0.27; simulated world: 52 % of the held-back
+items' concept sets exactly right after 400 concept-loss-only steps, 86 % with word evidence).
 
 ``w_c >= 0`` is a learned per-concept weight, ``alpha, beta >= 0`` learned mixing weights,
 ``item_bias`` = a linear read-out of ``h`` (content, so cold items have one) plus a hashed
@@ -24,10 +32,12 @@ real concepts in a score or its explanation; the strongest concept is always kep
 goes dead (ReLU activations did: the auxiliary loss, with mostly-0 targets, drove every logit
 below zero and the relevance path lost its gradient).
 
-``explicit=False`` gives the latent baseline with the same encoder: ``tanh(z)`` lives in ``D``
-unnamed dimensions (dense, signed, bounded), a linear head ``D -> C`` predicts concepts for the same
-auxiliary loss and maps declared concepts into the latent space; ``D`` is chosen so both
-variants have the same parameter count (``latent_dim_for``).
+``explicit=False`` gives the latent baseline with the same encoder (word evidence included):
+``tanh(z)`` lives in ``D`` unnamed dimensions (dense, signed, bounded), a linear head
+``D -> C`` predicts concepts for the same auxiliary loss and maps declared concepts into the
+latent space; ``D`` is chosen so both variants have the same parameter count
+(``latent_dim_for``). Checkpoints of the encoder without word evidence do not load (the
+``word_project.weight`` key is missing): retrain them.
 """
 
 from __future__ import annotations
@@ -52,8 +62,18 @@ USER_SALT, ITEM_SALT = 0x5E5A01, 0x5E5A02
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) == 1
 
 
+class EncodedText(NamedTuple):
+    """``summary (N, 2H)``: the bi-GRU's last states; ``words (N, T', E)``: the token
+    embeddings (``T'`` = the longest text of the batch); ``real (N, T')`` bool: not padding."""
+
+    summary: torch.Tensor
+    words: torch.Tensor
+    real: torch.Tensor
+
+
 class TextEncoder(nn.Module):
-    """Token ids -> bi-GRU -> the concatenated last hidden states of both directions.
+    """Token ids -> embeddings -> bi-GRU: the concatenated last hidden states of both
+    directions, and the token embeddings themselves (for word evidence).
 
     Args:
         num_buckets: token id space (0 = padding).
@@ -61,7 +81,7 @@ class TextEncoder(nn.Module):
         hidden: GRU hidden width ``H`` per direction.
 
     Call: ``tokens (N, T)`` int64, ``lengths (N,)`` int64 (0 allowed: an empty text reads
-    as one padding token). Returns ``(N, 2H)`` float32.
+    as one padding token). Returns an ``EncodedText``, float32.
     """
 
     def __init__(self, num_buckets: int, embed_dim: int, hidden: int) -> None:
@@ -73,16 +93,32 @@ class TextEncoder(nn.Module):
         self.gru = nn.GRU(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.out_dim = 2 * hidden
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> EncodedText:
         if tokens.shape[0] == 0:
-            return torch.zeros((0, self.out_dim))
+            width = self.embed.embedding_dim
+            return EncodedText(
+                torch.zeros((0, self.out_dim)),
+                torch.zeros((0, 1, width)),
+                torch.zeros((0, 1), dtype=torch.bool),
+            )
         lengths = lengths.clamp(min=1).cpu()
         width = int(lengths.max())
-        packed = pack_padded_sequence(
-            self.embed(tokens[:, :width]), lengths, batch_first=True, enforce_sorted=False
-        )
+        ids = tokens[:, :width]
+        words = self.embed(ids)
+        packed = pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
         _, last = self.gru(packed)  # (2, N, H), rows in input order
-        return torch.cat([last[0], last[1]], dim=1)
+        return EncodedText(torch.cat([last[0], last[1]], dim=1), words, ids > 0)
+
+
+def word_evidence(project: nn.Module, words: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per row and dimension, the largest ``project`` score over the row's real tokens (0 for
+    a row without any): ``words (N, T, E)``, ``real (N, T)`` bool -> ``(N, K)``. Padding is
+    never projected (texts are much shorter than the batch's longest on MovieLens)."""
+    scores = project(words[real])  # (M, K), M = real tokens of the batch, row-major
+    rows = torch.arange(words.shape[0]).repeat_interleave(real.sum(1))
+    out = torch.zeros((words.shape[0], scores.shape[1]), dtype=scores.dtype)
+    index = rows[:, None].expand_as(scores)
+    return out.scatter_reduce(0, index, scores, "amax", include_self=False)
 
 
 class ItemEncoding(NamedTuple):
@@ -106,12 +142,13 @@ def sparse_activations(z: torch.Tensor, k: int, floor: float = 0.0) -> torch.Ten
     return p * keep
 
 
-def latent_dim_for(num_concepts: int, encoder_dim: int) -> int:
+def latent_dim_for(num_concepts: int, encoder_dim: int, embed_dim: int = 0) -> int:
     """Latent width ``D`` whose model has the parameter count of the explicit one:
-    ``encoder_dim*D + D + D*C + C`` (projection + concept head) vs ``encoder_dim*C + 2C``
-    (projection + per-concept weights)."""
-    c = num_concepts
-    return max(1, round((encoder_dim * c + c) / (encoder_dim + 1 + c)))
+    ``(encoder_dim + 1 + embed_dim)*D + D*C + C`` (projections of the summary and of the words,
+    concept head) vs ``(encoder_dim + 1 + embed_dim)*C + C`` (the same projections to ``C``,
+    per-concept weights)."""
+    c, width = num_concepts, encoder_dim + 1 + embed_dim
+    return max(1, round(width * c / (width + c)))
 
 
 class SesaModel(nn.Module):
@@ -159,14 +196,14 @@ class SesaModel(nn.Module):
         h = self.encoder.out_dim
         if explicit:
             self.dim = num_concepts
-            self.project = nn.Linear(h, num_concepts)  # rows: the learned concept vectors
             self.concept_weight = nn.Parameter(torch.full((num_concepts,), _SOFTPLUS_ONE))
             self.concept_head = None
         else:
-            self.dim = latent_dim or latent_dim_for(num_concepts, h)
-            self.project = nn.Linear(h, self.dim)
+            self.dim = latent_dim or latent_dim_for(num_concepts, h, embed_dim)
             self.concept_weight = None
             self.concept_head = nn.Linear(self.dim, num_concepts)
+        self.project = nn.Linear(h, self.dim)  # rows: the learned concept vectors
+        self.word_project = nn.Linear(embed_dim, self.dim, bias=False)  # word evidence
         self.content_bias = nn.Linear(h, 1)
         self.id_buckets = id_buckets
         self.item_id_bias = nn.Embedding(id_buckets, 1)
@@ -180,9 +217,9 @@ class SesaModel(nn.Module):
 
     def encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> ItemEncoding:
         """Encode ``N`` token rows (``(N, T)``, ``(N,)``) into the relevance space."""
-        h = self.encoder(tokens, lengths)
-        z = self.project(h)
-        bias = self.content_bias(h).squeeze(-1)
+        text = self.encoder(tokens, lengths)
+        z = self.project(text.summary) + word_evidence(self.word_project, text.words, text.real)
+        bias = self.content_bias(text.summary).squeeze(-1)
         if self.explicit:
             return ItemEncoding(sparse_activations(z, self.top_k, self.floor), z, bias)
         latent = torch.tanh(z)  # bounded like SESA's probabilities; unbounded dims trained worse
@@ -190,7 +227,7 @@ class SesaModel(nn.Module):
 
     @torch.no_grad()
     def encode_texts(
-        self, texts: list[str], chunk: int = 2048
+        self, texts: list[str], chunk: int = 1024
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(vectors (N, K), content bias (N,), concept logits (N, C))``, float32, of raw
         texts, encoded in chunks of ``chunk`` rows."""

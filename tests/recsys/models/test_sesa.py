@@ -1,4 +1,5 @@
-"""SesaModel: odd item text, top-k sparsity, the latent twin's parameter count, rebuild."""
+"""SesaModel: odd item text, top-k sparsity, word evidence, the latent twin's parameter count,
+rebuild."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.models.sesa import SesaModel, latent_dim_for, parameter_count, sesa_from_kwargs
+from recsys.models.sesa import (
+    SesaModel,
+    latent_dim_for,
+    parameter_count,
+    sesa_from_kwargs,
+    word_evidence,
+)
 
 ODD_TEXTS = {
     "empty": "",
@@ -77,9 +84,9 @@ def test_latent_twin_has_the_parameter_count_of_sesa_up_to_rounding_its_width() 
         latent = SesaModel(
             concepts, explicit=False, embed_dim=8, hidden=8, num_buckets=512, id_buckets=64
         )
-        assert latent.dim == latent_dim_for(concepts, 16) < concepts
-        # one latent dimension costs 16 + 1 + C parameters: equal up to half of that
-        assert abs(parameter_count(latent) - parameter_count(sesa)) <= (16 + 1 + concepts) / 2
+        assert latent.dim == latent_dim_for(concepts, 16, 8) < concepts
+        # one latent dimension costs 16 + 1 + 8 + C parameters: equal up to half of that
+        assert abs(parameter_count(latent) - parameter_count(sesa)) <= (16 + 1 + 8 + concepts) / 2
 
 
 def test_latent_vectors_are_dense_and_signed() -> None:
@@ -96,3 +103,39 @@ def test_kwargs_rebuild_a_model_that_encodes_identically() -> None:
     texts = list(ODD_TEXTS.values())
     for a, b in zip(model.encode_texts(texts), rebuilt.encode_texts(texts), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_word_evidence_is_the_best_real_token_per_dimension_and_zero_without_tokens() -> None:
+    project = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        project.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+    words = torch.tensor(
+        [
+            [[2.0, -1.0], [-3.0, 5.0], [9.0, 9.0]],  # third token is padding
+            [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],  # no real token
+            [[-1.0, -2.0], [0.0, 0.0], [0.0, 0.0]],  # one real token, negative scores
+        ]
+    )
+    real = torch.tensor([[True, True, False], [False, False, False], [True, False, False]])
+    got = word_evidence(project, words.requires_grad_(), real)
+    expected = torch.tensor([[2.0, 5.0, -1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, 3.0]])
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    assert words.grad is not None and (words.grad[:, 2] == 0).all()  # padding gets no gradient
+    assert (words.grad[1] == 0).all()
+
+
+def test_one_concept_word_reaches_the_logits_wherever_it_stands_in_a_long_text() -> None:
+    model = _model()
+    with torch.no_grad():  # logits = word evidence + bias only
+        model.project.weight.zero_()
+    filler = " ".join(f"filler{n}" for n in range(14))
+    _, _, logits = model.encode_texts([filler, f"jazz {filler}", f"{filler} jazz"])
+    np.testing.assert_array_equal(logits[1], logits[2])  # position does not matter
+    with torch.no_grad():
+        tokens, _ = model.tokenizer.encode(["jazz"])
+        jazz = model.word_project(model.encoder.embed(tokens[:, :1]))[0, 0].numpy()
+    wins = jazz + model.project.bias.detach().numpy() > logits[0]
+    assert wins.any() and (~wins).any()
+    np.testing.assert_allclose(logits[1][wins], (jazz + model.project.bias.detach().numpy())[wins])
+    np.testing.assert_array_equal(logits[1][~wins], logits[0][~wins])
