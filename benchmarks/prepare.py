@@ -175,7 +175,9 @@ def _time_phases(phases: dict[str, float]) -> None:
         *path, leaf = attr.split(".")
         for part in path:
             owner = getattr(owner, part)
-        original = getattr(owner, leaf)
+        original = getattr(owner, leaf, None)
+        if original is None:  # an earlier version of the job (run from a `git archive`)
+            continue
 
         def timed(*a, _f=original, _name=name, **k):  # noqa: ANN002, ANN003, ANN202
             t0 = time.perf_counter()
