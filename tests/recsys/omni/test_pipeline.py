@@ -27,14 +27,19 @@ def test_train_split_cases_hold_the_train_positives_with_their_history(
     assert [item_ids[r] for r in cases.history[0] if r >= 0] == expected
 
 
-def test_run_omni_exports_a_bundle_with_every_catalogue_item(
-    tmp_path: Path, examples_dir: Path, items: pa.Table, small_cfg: OmniConfig
-) -> None:
+def _run_small_omni(tmp_path: Path, examples_dir: Path, items: pa.Table, cfg: OmniConfig) -> Path:
+    """``run_omni`` on ``items`` (written as the raw items table) and ``examples_dir``."""
     raw = tmp_path / "raw"
     raw.mkdir()
     pq.write_table(items, raw / "items.parquet")
+    return run_omni(cfg, raw, examples_dir, tmp_path / "bundles", progress=False)
+
+
+def test_run_omni_exports_a_bundle_with_every_catalogue_item(
+    tmp_path: Path, examples_dir: Path, items: pa.Table, small_cfg: OmniConfig
+) -> None:
     cfg = small_cfg.model_copy(update={"stage1_epochs": 1, "stage2_epochs": 1})
-    version = run_omni(cfg, raw, examples_dir, tmp_path / "bundles", progress=False)
+    version = _run_small_omni(tmp_path, examples_dir, items, cfg)
     bundle = load_bundle(version)
     assert bundle.meta["model"]["kind"] == "omni"
     assert bundle.meta["metrics"]["train_positives"] > 0
@@ -48,11 +53,8 @@ def test_run_omni_stores_a_match_scale_that_standardises_the_training_rows(
 ) -> None:
     from recsys.omni.match_feature import OmniMatchFeature, example_rows
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    pq.write_table(items, raw / "items.parquet")
     cfg = small_cfg.model_copy(update={"stage1_epochs": 1, "stage2_epochs": 1})
-    version = run_omni(cfg, raw, examples_dir, tmp_path / "bundles", progress=False)
+    version = _run_small_omni(tmp_path, examples_dir, items, cfg)
     feature = OmniMatchFeature.from_table(version / OMNI_TABLE, cfg.history_length)
     assert feature.scale is not None
     assert load_bundle(version).meta["metrics"]["match_std"] == pytest.approx(feature.scale.std)
