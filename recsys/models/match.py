@@ -75,8 +75,9 @@ def load_match_features(model: ModelConfig) -> list[MatchFeature]:
     """The match features ``model.match`` names, loaded from their bundles, in column order.
 
     ``sesa``: the bundle's concept space without its id biases (``ConceptSpace.match_feature``:
-    those memorise the labels the ranker trains on); ``omni``: cosine of the item's omni vector
-    with the mean of the user's last history items (``recsys.omni.match_feature``). A bundle
+    those memorise the labels the ranker trains on); ``omni``: the cosine of the item's omni vector
+    with the mean of the user's last history items, standardised by the training rows' mean and
+    std stored with the table (``recsys.omni.match_feature``). A bundle
     root stands for its newest version.
     """
     from recsys.bundle import newest_version, version_dirs
