@@ -136,7 +136,8 @@ def _dir_bytes(path: Path) -> int:
 
 class _ProcessCPU:
     """CPU seconds (user + system) of this process and its JVM children: the local-mode driver
-    JVM runs the executors, so this is all the work a run does, wherever it ran."""
+    JVM runs the executors, so this is all the work a run does, wherever it ran. Unlike wall
+    time it barely moves when other jobs share the machine (build it after the session)."""
 
     def __init__(self) -> None:
         import psutil
@@ -442,21 +443,7 @@ def _worker(raw: str, out: str, master: str, partitions: int) -> dict:
     me = psutil.Process()
     peak = {"jvm": 0}
     stop = threading.Event()
-    jvms = [c for c in me.children(recursive=True) if "java" in c.name()]
-
-    def cpu_seconds() -> float:
-        """CPU time of the driver JVM (it runs the executors in local mode) and this process.
-
-        Unlike wall time it barely moves when other jobs share the machine, so it is the
-        measure the linearity check trusts on a noisy host.
-        """
-        total = sum(me.cpu_times()[:2])
-        for p in jvms:
-            try:
-                total += sum(p.cpu_times()[:2])
-            except psutil.Error:
-                pass
-        return total
+    cpu = _ProcessCPU()
 
     def sample() -> None:
         while not stop.is_set():
@@ -470,16 +457,16 @@ def _worker(raw: str, out: str, master: str, partitions: int) -> dict:
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    t0, c0 = time.perf_counter(), cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu.seconds()
     manifest = job.run(cfg, raw, out, spark)
     seconds = time.perf_counter() - t0
-    cpu = cpu_seconds() - c0
+    cpu_seconds = cpu.seconds() - c0
     stop.set()
     t.join()
     spark.stop()
     return {
         "seconds": seconds,
-        "cpu_seconds": cpu,
+        "cpu_seconds": cpu_seconds,
         "events_in": manifest["counts"]["events_in"],
         "examples": manifest["counts"]["examples"],
         "driver_python_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

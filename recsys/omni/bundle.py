@@ -115,13 +115,15 @@ def export_omni_bundle(
     version: str | None = None,
     metrics: dict | None = None,
     match_scale: tuple[float, float] | None = None,
+    vectors: np.ndarray | None = None,
 ) -> Path:
     """Export ``model`` as a bundle of kind ``omni`` with the embeddings of every row of
     ``items`` (``omni_items.parquet``, with the match feature's ``match_scale`` when given);
-    returns the version directory."""
+    returns the version directory. ``vectors``: ``model.embed_items(items)`` when the caller
+    has them already (embedding the catalogue is the costly part)."""
     register_model_kind(OMNI_KIND, OMNI_FACTORY)
     ids = np.asarray(items.column("item_id").to_pylist(), dtype=object)
-    vectors = model.embed_items(items)
+    vectors = model.embed_items(items) if vectors is None else vectors
     return export_bundle(
         out_dir,
         model,

@@ -26,7 +26,7 @@ from recsys.omni.config import OmniConfig
 from recsys.omni.fusion import OmniModalEncoder
 from recsys.omni.id_tower import id_item_vectors, train_id_tower
 from recsys.omni.item_media import OmniInputs, item_inputs
-from recsys.omni.match_feature import OmniMatchFeature
+from recsys.omni.match_feature import OmniMatchFeature, example_rows
 from recsys.omni.next_item import NextItemCases
 from recsys.omni.training import NextItemPairs, train_stage1, train_stage2
 
@@ -118,12 +118,17 @@ def run_omni(
     }
     if "stage2" in run.losses:
         metrics["stage2_final_loss"] = float(np.mean(run.losses["stage2"][-10:]))
-    match = OmniMatchFeature(item_ids, run.model.embed_items(items), cfg.history_length)
-    scale = match.standardised_on(examples_dir).scale
-    assert scale is not None  # standardised_on always fits one
+    vectors = run.model.embed_items(items)
+    match = OmniMatchFeature(item_ids, vectors, cfg.history_length)
+    scale = match.fit_scale(*example_rows(examples_dir))
     metrics.update(match_mean=scale.mean, match_std=scale.std)
     return export_omni_bundle(
-        bundles_dir, run.model, items, metrics=metrics, match_scale=scale.as_tuple()
+        bundles_dir,
+        run.model,
+        items,
+        vectors=vectors,
+        metrics=metrics,
+        match_scale=scale.as_tuple(),
     )
 
 
