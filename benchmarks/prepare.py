@@ -15,7 +15,11 @@ warm-up rep of each that is not counted):
   Parquet, attach to each event the user's last ``history_length`` positive items strictly
   before its ts (positives by the dataset's label rule), write Parquet. One action;
 - ``prepare``: the whole ``run()`` (validation, quarantine, labels, lt7/lt14, history, prior
-  counts, entity features, split, statistics, manifest, publish).
+  counts, entity features, split, statistics, manifest, publish);
+- ``write_only``: prepare's own output, read back and cached before the clock starts, written
+  and published again as ``run()`` does (``JobRun.write_examples``): what writing the contracted
+  examples alone costs, a lower bound on the write inside ``run()``. Its ratio to the floor is
+  the part of the bar the output format takes before any work is done.
 
 Reported per dataset: medians of wall seconds, ``run() / floor``, the same ratio on CPU seconds
 (driver JVM + this process: it moves much less than wall time when other jobs share the host),
@@ -54,6 +58,9 @@ from result_file import command_line, output_path, write_result  # noqa: E402
 
 DATASETS = ("movielens", "simulated")
 REPS = 3
+# Interleaved in this order, reversed every other rep. ``write_only`` reads what ``prepare``
+# wrote, so prepare runs before it in the first rep.
+KINDS = ("floor", "prepare", "write_only")
 
 
 # ----------------------------------------------------------------------------- floor mode
@@ -119,6 +126,27 @@ def floor_job(spark, raw: Path, out: Path, positive, history_length: int) -> Non
         .write.mode("overwrite")
         .parquet(str(out))
     )
+
+
+def write_only_job(spark, examples, out: Path) -> None:  # noqa: ANN001
+    """The write alone: ``examples`` (prepare's output, already in memory: ``load_examples``)
+    written and published as ``run()`` writes and publishes them. No reading, validation,
+    features or statistics: what the contracted output costs to write, a lower bound on
+    prepare's own write."""
+    from spark_jobs.job_run import JobRun
+
+    with JobRun(spark, out) as job:
+        job.write_examples(examples)
+        job.publish({"write_only": True})
+    examples.unpersist()
+
+
+def load_examples(spark, examples: Path):  # noqa: ANN001, ANN201 - a DataFrame
+    """The examples at ``examples``, cached and counted: the untimed set-up of
+    ``write_only_job``."""
+    df = spark.read.option("basePath", str(examples)).parquet(str(examples / "split=*")).cache()
+    df.count()
+    return df
 
 
 def _positive(cfg):  # noqa: ANN001, ANN202 - a Spark column
@@ -211,11 +239,16 @@ def _floor_worker(
         group = f"{kind}-{tag}"
         sc.setJobGroup(group, group)
         out = Path(work) / f"out-{dataset}-{kind}"
+        written = Path(work) / f"out-{dataset}-prepare" / "examples"
+        in_memory = load_examples(spark, written) if kind == "write_only" else None
         phases.clear()
         t0, c0 = time.perf_counter(), cpu.seconds()
         if kind == "floor":
             floor_job(spark, Path(raw), out, _positive(cfg), cfg.prepare.history_length)
             rows = None
+        elif kind == "write_only":
+            write_only_job(spark, in_memory, out)
+            rows, out = None, out / "examples"
         else:
             rows = job.run(cfg, raw, out, spark)["counts"]["examples"]
             out = out / "examples"
@@ -306,10 +339,10 @@ def _worker_runs(
 
 def _cold_runs(dataset: str, raw: Path, work: Path, reps: int) -> dict | None:
     """``reps`` interleaved cold runs of each kind, each in a process of its own."""
-    runs: dict[str, list[dict]] = {"floor": [], "prepare": []}
+    runs: dict[str, list[dict]] = {k: [] for k in KINDS}
     events = 0
     for r in range(reps):
-        for kind in ("floor", "prepare") if r % 2 == 0 else ("prepare", "floor"):
+        for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
             got = _worker_runs(dataset, raw, work, 1, 0, [kind])
             if got is None:
                 return None
@@ -320,9 +353,12 @@ def _cold_runs(dataset: str, raw: Path, work: Path, reps: int) -> dict | None:
 
 
 def _dataset_result(dataset: str, r: dict, duck: list[float] | None) -> dict:
-    floor, prep = r["runs"]["floor"], r["runs"]["prepare"]
-    ratios = [p["seconds"] / f["seconds"] for p, f in zip(prep, floor, strict=True)]
-    cpu_ratios = [p["cpu_seconds"] / f["cpu_seconds"] for p, f in zip(prep, floor, strict=True)]
+    floor, prep, write = r["runs"]["floor"], r["runs"]["prepare"], r["runs"]["write_only"]
+
+    def over_floor(runs: list[dict], key: str) -> list[float]:
+        return [x[key] / f[key] for x, f in zip(runs, floor, strict=True)]
+
+    ratios, cpu_ratios = over_floor(prep, "seconds"), over_floor(prep, "cpu_seconds")
     bar = 2.5 if dataset == "movielens" else 2.0
     return {
         "events": r["events"],
@@ -335,6 +371,9 @@ def _dataset_result(dataset: str, r: dict, duck: list[float] | None) -> dict:
         "prepare_phase_seconds": {
             name: statistics.median(p["phases"][name] for p in prep) for name in prep[0]["phases"]
         },
+        "write_only_seconds": _median(write, "seconds"),
+        "write_only_over_floor": statistics.median(over_floor(write, "seconds")),
+        "cpu_write_only_over_floor": statistics.median(over_floor(write, "cpu_seconds")),
         "bar": bar,
         "meets_bar": statistics.median(ratios) <= bar,
         "floor_spark_jobs": floor[0]["spark_jobs"],
@@ -350,15 +389,16 @@ def _print_floor_table(results: dict[str, dict]) -> None:
     print()
     print(
         f"{'dataset':>10} {'events':>10} {'floor s':>8} {'prepare s':>10} {'ratio':>6} "
-        f"{'cpu ratio':>9} {'bar':>4} {'jobs floor/prep':>16} {'MB floor/prep':>14} "
-        f"{'duckdb s':>9}"
+        f"{'cpu ratio':>9} {'bar':>4} {'write-only s':>12} {'ratio':>6} {'cpu ratio':>9} "
+        f"{'jobs floor/prep':>16} {'MB floor/prep':>14} {'duckdb s':>9}"
     )
     for name, d in results.items():
         duck = "n/a" if d["duckdb_seconds"] is None else f"{d['duckdb_seconds']:.2f}"
         print(
             f"{name:>10} {d['events']:>10,} {d['floor_seconds']:>8.1f} "
             f"{d['prepare_seconds']:>10.1f} {d['prepare_over_floor']:>6.2f} "
-            f"{d['cpu_prepare_over_floor']:>9.2f} {d['bar']:>4} "
+            f"{d['cpu_prepare_over_floor']:>9.2f} {d['bar']:>4} {d['write_only_seconds']:>12.1f} "
+            f"{d['write_only_over_floor']:>6.2f} {d['cpu_write_only_over_floor']:>9.2f} "
             f"{d['floor_spark_jobs']:>7}/{d['prepare_spark_jobs']:<8} "
             f"{d['floor_output_bytes'] / 2**20:>6.1f}/{d['prepare_output_bytes'] / 2**20:<7.1f} "
             f"{duck:>9}"
@@ -392,7 +432,7 @@ def floor_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
         if args.cold:
             r = _cold_runs(dataset, raw, work, reps)
         else:
-            r = _worker_runs(dataset, raw, work, reps, args.warmup, ["floor", "prepare"])
+            r = _worker_runs(dataset, raw, work, reps, args.warmup, list(KINDS))
         if r is None:
             return 1
         cfg = load_config(ROOT / "configs" / f"{dataset}.yaml")
@@ -606,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=REPS, help="interleaved reps (medians)")
     p.add_argument("--warmup", type=int, default=1, help="uncounted reps first")
     p.add_argument("--cold", action="store_true", help="every run in a fresh process")
-    p.add_argument("--kinds", nargs="+", default=["floor", "prepare"], help=argparse.SUPPRESS)
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), help=argparse.SUPPRESS)
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="size mode: events")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--partitions", type=int, default=8)

@@ -622,6 +622,11 @@ def _history_snapshots(positives: DataFrame, history_length: int) -> DataFrame:
     ).filter(F.col("_next_ts").isNull() | (F.col("_next_ts") != F.col("ts_ms")))
 
 
+# Kinds of rows on a user's timeline, in their order at equal ts: the active-day row (at the
+# day's first millisecond) before any event of that day, snapshots after the events of their ts.
+_DAY, _EVENT, _SNAPSHOT = 0, 1, 2
+
+
 def user_rows(
     keys: DataFrame, prepare: PrepareConfig, cutoffs: tuple[int, int] | None, partitions: int
 ) -> DataFrame:
@@ -631,9 +636,12 @@ def user_rows(
     ``lt7`` / ``lt14`` (active days in the 7 / 14 days starting the event's UTC day) and
     ``split``.
 
-    The user's rows, history snapshots (one per ts with positives, sorted after that ts's
-    events, so an event never sees positives of its own ts) and active days are unioned and
-    sorted once by (day, ts, kind, item, label); every window below reads that one order.
+    The user's active days, rows and history snapshots (one per ts with positives, sorted after
+    that ts's events, so an event never sees positives of its own ts) are unioned and sorted
+    once by (ts, kind, item, label). Two window operators read that one order: ranges of ts
+    (events strictly before, active days from a day row on), then running rows (the last
+    snapshot, the day row's lt7/lt14, the example's rank). Spark copies every row it buffers
+    once per window operator, so there are no more than two.
     """
     by_user = keys.repartition(partitions, "user_id")
     null_list = F.lit(None).cast("array<string>")
@@ -643,51 +651,59 @@ def user_rows(
     ) -> DataFrame:
         cols = {c: F.col(c) if c in src.columns else F.lit(None) for c in ("item_id", "label")}
         zero = F.lit(0)
+        event = kind == _EVENT
         return src.select(
             "user_id",
             cols["item_id"].cast("string").alias("item_id"),
             (F.col("ts_ms") if "ts_ms" in src.columns else F.col("day").cast("long") * DAY_MS)
             .cast("long")
             .alias("ts_ms"),
-            "day",
             cols["label"].cast("byte").alias("label"),
-            (F.col("_example").cast("int") if kind == 0 else zero).alias("_example"),
-            (F.col("_n") if kind == 0 else zero).cast("long").alias("_n"),
+            (F.col("_example").cast("int") if event else zero).alias("_example"),
+            (F.col("_n") if event else zero).cast("long").alias("_n"),
             *[
-                (F.col(c) if kind == 0 else zero).cast("long").alias(c)
+                (F.col(c) if event else zero).cast("long").alias(c)
                 for c in ("_item_prior_events", "_item_prior_pos")
             ],
             F.lit(kind).alias("_k"),
             hist.alias("_hist"),
             (npos if npos is not None else F.lit(None)).cast("long").alias("_npos"),
-            F.lit(int(kind == 2)).alias("_dayrow"),
+            *[
+                (F.col(c) if kind == _DAY else F.lit(None)).cast("byte").alias(c)
+                for c in ("lt7", "lt14")
+            ],
         )
 
     snaps = _history_snapshots(by_user.filter(F.col("_pos") == 1), prepare.history_length)
-    timeline = (
-        row(by_user, 0)
-        .unionByName(row(snaps, 1, hist=F.col("_hist"), npos=F.col("_npos")))
-        .unionByName(row(by_user.select("user_id", "day").distinct(), 2))
-    )
-    order = ("day", "ts_ms", "_k", "item_id", "label")
-    upto = Window.partitionBy("user_id").orderBy(*order).rowsBetween(Window.unboundedPreceding, 0)
-    same_ts = (
-        Window.partitionBy("user_id", "day", "ts_ms")
-        .orderBy(*order[2:])
-        .rowsBetween(Window.unboundedPreceding, 0)
-    )
+    order = ("ts_ms", "_k", "item_id", "label")
     by_day = Window.partitionBy("user_id").orderBy("day")
-    # The narrow windows first, the one that carries history arrays last: every window
-    # operator copies the rows it buffers.
-    counted = timeline.select(
-        "*",
-        F.sum("_dayrow").over(by_day.rangeBetween(0, 6)).cast("byte").alias("lt7"),
-        F.sum("_dayrow").over(by_day.rangeBetween(0, 13)).cast("byte").alias("lt14"),
-        F.sum("_example").over(Window.partitionBy("user_id")).alias("_user_examples"),
-        F.sum("_n").over(same_ts).alias("_same_ts_events"),
+    days = by_user.select("user_id", "day").distinct()
+    days = days.select(
+        "user_id",
+        "day",
+        F.count("*").over(by_day.rangeBetween(0, 6)).alias("lt7"),
+        F.count("*").over(by_day.rangeBetween(0, 13)).alias("lt14"),
     )
+    timeline = (
+        row(days, _DAY)
+        .unionByName(row(by_user, _EVENT))
+        .unionByName(row(snaps, _SNAPSHOT, hist=F.col("_hist"), npos=F.col("_npos")))
+        .sortWithinPartitions("user_id", *order)
+    )
+    before = (
+        Window.partitionBy("user_id").orderBy("ts_ms").rangeBetween(Window.unboundedPreceding, -1)
+    )
+    ranged = timeline.select(
+        "*", F.coalesce(F.sum("_n").over(before), F.lit(0)).alias("_user_prior_events")
+    )
+    w = Window.partitionBy("user_id").orderBy(*order)
+    upto = w.rowsBetween(Window.unboundedPreceding, 0)
+
+    def from_day_row(c: str) -> F.Column:
+        return F.last(F.when(F.col("_k") == _DAY, F.col(c)), ignorenulls=True).over(upto)
+
     return (
-        counted.select(
+        ranged.select(
             "user_id",
             "item_id",
             "ts_ms",
@@ -696,20 +712,22 @@ def user_rows(
             "_k",
             "_item_prior_events",
             "_item_prior_pos",
-            "lt7",
-            "lt14",
-            "_user_examples",
+            "_user_prior_events",
+            from_day_row("lt7").alias("lt7"),
+            from_day_row("lt14").alias("lt14"),
+            F.sum("_example")
+            .over(w.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
+            .alias("_user_examples"),
             F.coalesce(F.last("_hist", ignorenulls=True).over(upto), _empty()).alias("history"),
-            F.last(F.when(F.col("_k") == 1, F.col("ts_ms")), ignorenulls=True)
+            F.last(F.when(F.col("_k") == _SNAPSHOT, F.col("ts_ms")), ignorenulls=True)
             .over(upto)
             .alias("_snapshot_ts"),
             F.coalesce(F.last("_npos", ignorenulls=True).over(upto), F.lit(0)).alias(
                 "_user_prior_pos"
             ),
-            (F.sum("_n").over(upto) - F.col("_same_ts_events")).alias("_user_prior_events"),
             F.sum("_example").over(upto).alias("_example_rank"),
         )  # fmt: skip
-        .filter((F.col("_k") == 0) & (F.col("_example") == 1))
+        .filter((F.col("_k") == _EVENT) & (F.col("_example") == 1))
         .withColumn("split", _split(prepare, cutoffs))
         .drop("_k", "_example", "_user_examples", "_example_rank")
     )
