@@ -33,7 +33,11 @@ records the load average before and after.
 
 ``--cold`` runs every rep of each kind in a fresh worker process (JVM start and session
 excluded, nothing warmed up), as ``recsys pipeline`` runs prepare: JIT compilation and class
-loading then weigh on both, and the JSON is ``prepare_floor_cold.json``.
+loading then weigh on both, and the JSON is ``prepare_floor_cold.json``. ``--cold --against
+REF`` also runs, interleaved with the rest, the ``run()`` of commit REF (a ``git archive`` of it,
+its own configs) and reports this tree's ``run()`` over REF's, rep by rep
+(``prepare_floor_cold_against.json``): how a change to the job moved it, on the same machine
+at the same time.
 """
 
 from __future__ import annotations
@@ -51,7 +55,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# The tree whose ``recsys``/``spark_jobs`` a worker imports: this one, or (``--against REF``) a
+# ``git archive`` of REF, named by the parent through this variable.
+CODE_ROOT = Path(os.environ.get("RECSYS_BENCH_CODE_ROOT") or ROOT)
+sys.path.insert(0, str(CODE_ROOT))
 
 from host import describe_host  # noqa: E402 - benchmarks/ is the script directory
 from result_file import command_line, output_path, write_result  # noqa: E402
@@ -144,7 +151,11 @@ def write_only_job(spark, examples, out: Path) -> None:  # noqa: ANN001
 def load_examples(spark, examples: Path):  # noqa: ANN001, ANN201 - a DataFrame
     """The examples at ``examples``, cached and counted: the untimed set-up of
     ``write_only_job``."""
-    df = spark.read.option("basePath", str(examples)).parquet(str(examples / "split=*")).cache()
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    df = spark.read.option("basePath", str(examples)).parquet(str(examples / "split=*"))
+    # As many partitions as run() writes from (one per shuffle partition of users): the
+    # files read back would give fewer, and a write with fewer tasks than cores.
+    df = df.repartition(partitions).cache()
     df.count()
     return df
 
@@ -225,7 +236,7 @@ def _floor_worker(
     from spark_jobs import build_training_data as job
     from spark_jobs.session import build_session
 
-    cfg = load_config(ROOT / "configs" / f"{dataset}.yaml")
+    cfg = load_config(CODE_ROOT / "configs" / f"{dataset}.yaml")
     spark_cfg = SparkConfig(master="local[2]", driver_memory="4g", shuffle_partitions=8)
     cfg = cfg.model_copy(update={"spark": spark_cfg})
     spark = build_session(spark_cfg)
@@ -323,13 +334,23 @@ def _median(runs: list[dict], key: str) -> float:
 
 
 def _worker_runs(
-    dataset: str, raw: Path, work: Path, reps: int, warmup: int, kinds: list[str]
+    dataset: str,
+    raw: Path,
+    work: Path,
+    reps: int,
+    warmup: int,
+    kinds: list[str],
+    code_root: Path | None = None,
 ) -> dict | None:
-    """Run ``_floor_worker`` in a fresh process; its result, or None (stderr shown) on failure."""
+    """Run ``_floor_worker`` in a fresh process (importing the job from ``code_root``, default
+    this tree); its result, or None (stderr shown) on failure."""
+    env = dict(os.environ)
+    if code_root is not None:
+        env["RECSYS_BENCH_CODE_ROOT"] = str(code_root)
     res = subprocess.run(
         [sys.executable, __file__, "--floor-worker", dataset, str(raw), str(work)]
         + ["--reps", str(reps), "--warmup", str(warmup), "--kinds", *kinds],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env=env,
     )  # fmt: skip
     if res.returncode != 0:
         sys.stderr.write(res.stderr[-2000:])
@@ -337,19 +358,41 @@ def _worker_runs(
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _cold_runs(dataset: str, raw: Path, work: Path, reps: int) -> dict | None:
-    """``reps`` interleaved cold runs of each kind, each in a process of its own."""
-    runs: dict[str, list[dict]] = {k: [] for k in KINDS}
+def _cold_runs(
+    dataset: str, raw: Path, work: Path, reps: int, against: Path | None = None
+) -> dict | None:
+    """``reps`` interleaved cold runs of each kind, each in a process of its own; with
+    ``against`` (a tree of another commit) also that tree's ``run()``, as kind ``against``."""
+    kinds = (*KINDS, "against") if against is not None else KINDS
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
     events = 0
     for r in range(reps):
-        for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
-            got = _worker_runs(dataset, raw, work, 1, 0, [kind])
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            if kind == "against":
+                assert against is not None
+                got = _worker_runs(dataset, raw, work / "against", 1, 0, ["prepare"], against)
+                if got is not None:
+                    got["runs"]["against"] = got["runs"].pop("prepare")
+            else:
+                got = _worker_runs(dataset, raw, work, 1, 0, [kind])
             if got is None:
                 return None
             runs[kind] += got["runs"][kind]
             events = got["events"]
             print(f"#   rep {r}: {kind} {got['runs'][kind][0]['seconds']:.1f}s", file=sys.stderr)
     return {"events": events, "runs": runs}
+
+
+def _tree_of(ref: str, work: Path) -> Path:
+    """``git archive`` of commit ``ref`` of this repository, unpacked under ``work``."""
+    tree = work / f"tree-{ref}"
+    if not tree.exists():
+        tree.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def _dataset_result(dataset: str, r: dict, duck: list[float] | None) -> dict:
@@ -376,12 +419,27 @@ def _dataset_result(dataset: str, r: dict, duck: list[float] | None) -> dict:
         "cpu_write_only_over_floor": statistics.median(over_floor(write, "cpu_seconds")),
         "bar": bar,
         "meets_bar": statistics.median(ratios) <= bar,
+        **(_against_result(prep, r["runs"]["against"]) if "against" in r["runs"] else {}),
         "floor_spark_jobs": floor[0]["spark_jobs"],
         "prepare_spark_jobs": prep[0]["spark_jobs"],
         "floor_output_bytes": floor[0]["output_bytes"],
         "prepare_output_bytes": prep[0]["output_bytes"],
         "duckdb_seconds": None if duck is None else statistics.median(duck),
         "runs": r["runs"],
+    }
+
+
+def _against_result(prep: list[dict], against: list[dict]) -> dict:
+    """``run()`` of this tree against ``run()`` of ``--against``, rep by rep (< 1: faster)."""
+
+    def ratio(key: str) -> float:
+        return statistics.median(p[key] / a[key] for p, a in zip(prep, against, strict=True))
+
+    return {
+        "against_seconds": _median(against, "seconds"),
+        "against_cpu_seconds": _median(against, "cpu_seconds"),
+        "prepare_over_against": ratio("seconds"),
+        "cpu_prepare_over_against": ratio("cpu_seconds"),
     }
 
 
@@ -403,6 +461,13 @@ def _print_floor_table(results: dict[str, dict]) -> None:
             f"{d['floor_output_bytes'] / 2**20:>6.1f}/{d['prepare_output_bytes'] / 2**20:<7.1f} "
             f"{duck:>9}"
         )
+    for name, d in results.items():
+        if "against_seconds" in d:
+            print(
+                f"{name:>10}: run() {d['prepare_seconds']:.1f}s vs --against "
+                f"{d['against_seconds']:.1f}s: {d['prepare_over_against']:.3f}x wall, "
+                f"{d['cpu_prepare_over_against']:.3f}x CPU"
+            )
     print("\nwhere run() goes (median wall seconds; rest = planning, manifest, publish):")
     names = list(next(iter(results.values()))["prepare_phase_seconds"])
     print(f"{'dataset':>10} " + " ".join(f"{n:>10}" for n in names))
@@ -416,7 +481,10 @@ def floor_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     datasets = ["movielens"] if args.quick else list(args.datasets)
     reps = args.reps
+    if args.against and not args.cold:
+        raise SystemExit("--against runs with --cold (each run in a process of its own)")
     name = "prepare_floor_cold" if args.cold else "prepare_floor"
+    name += "_against" if args.against else ""
     out = output_path(name, args.quick, args.out)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-floor-"))
     load_before = os.getloadavg()[0]
@@ -430,7 +498,8 @@ def floor_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
     for dataset in datasets:
         raw = _raw_dir(dataset, work)
         if args.cold:
-            r = _cold_runs(dataset, raw, work, reps)
+            against = _tree_of(args.against, work) if args.against else None
+            r = _cold_runs(dataset, raw, work, reps, against)
         else:
             r = _worker_runs(dataset, raw, work, reps, args.warmup, list(KINDS))
         if r is None:
@@ -444,6 +513,7 @@ def floor_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
         "reps": reps,
         "warmup": 0 if args.cold else args.warmup,
         "cold": args.cold,
+        "against": args.against,
         "machine": describe_host(),
         "load_avg_before": load_before,
         "load_avg_after": os.getloadavg()[0],
@@ -646,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=REPS, help="interleaved reps (medians)")
     p.add_argument("--warmup", type=int, default=1, help="uncounted reps first")
     p.add_argument("--cold", action="store_true", help="every run in a fresh process")
+    p.add_argument(
+        "--against", metavar="REF", help="with --cold: also run() of git commit REF, interleaved"
+    )
     p.add_argument("--kinds", nargs="+", default=list(KINDS), help=argparse.SUPPRESS)
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="size mode: events")
     p.add_argument("--master", default="local[2]")
