@@ -250,8 +250,8 @@ def _floor_worker(
         group = f"{kind}-{tag}"
         sc.setJobGroup(group, group)
         out = Path(work) / f"out-{dataset}-{kind}"
-        written = Path(work) / f"out-{dataset}-prepare" / "examples"
-        in_memory = load_examples(spark, written) if kind == "write_only" else None
+        if kind == "write_only":  # what prepare wrote, in memory before the clock starts
+            in_memory = load_examples(spark, Path(work) / f"out-{dataset}-prepare" / "examples")
         phases.clear()
         t0, c0 = time.perf_counter(), cpu.seconds()
         if kind == "floor":
@@ -387,19 +387,26 @@ def _tree_of(ref: str, work: Path) -> Path:
     """``git archive`` of commit ``ref`` of this repository, unpacked under ``work``."""
     tree = work / f"tree-{ref}"
     if not tree.exists():
-        tree.mkdir(parents=True)
         archive = subprocess.run(
             ["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True
         ).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        partial = work / f".tree-{ref}.partial"
+        partial.mkdir(parents=True)
+        subprocess.run(["tar", "-x", "-C", str(partial)], input=archive, check=True)
+        partial.rename(tree)  # a failed extraction is never taken for a tree
     return tree
+
+
+def _per_rep(runs: list[dict], base: list[dict], key: str) -> list[float]:
+    """``runs`` over ``base`` rep by rep (runs of one rep are neighbours in time)."""
+    return [x[key] / b[key] for x, b in zip(runs, base, strict=True)]
 
 
 def _dataset_result(dataset: str, r: dict, duck: list[float] | None) -> dict:
     floor, prep, write = r["runs"]["floor"], r["runs"]["prepare"], r["runs"]["write_only"]
 
     def over_floor(runs: list[dict], key: str) -> list[float]:
-        return [x[key] / f[key] for x, f in zip(runs, floor, strict=True)]
+        return _per_rep(runs, floor, key)
 
     ratios, cpu_ratios = over_floor(prep, "seconds"), over_floor(prep, "cpu_seconds")
     bar = 2.5 if dataset == "movielens" else 2.0
@@ -433,7 +440,7 @@ def _against_result(prep: list[dict], against: list[dict]) -> dict:
     """``run()`` of this tree against ``run()`` of ``--against``, rep by rep (< 1: faster)."""
 
     def ratio(key: str) -> float:
-        return statistics.median(p[key] / a[key] for p, a in zip(prep, against, strict=True))
+        return statistics.median(_per_rep(prep, against, key))
 
     return {
         "against_seconds": _median(against, "seconds"),
@@ -495,10 +502,10 @@ def floor_mode(args: argparse.Namespace, argv: list[str] | None) -> int:
     )
     print(f"# machine: {describe_host()}")
     results = {}
+    against = _tree_of(args.against, work) if args.against else None
     for dataset in datasets:
         raw = _raw_dir(dataset, work)
         if args.cold:
-            against = _tree_of(args.against, work) if args.against else None
             r = _cold_runs(dataset, raw, work, reps, against)
         else:
             r = _worker_runs(dataset, raw, work, reps, args.warmup, list(KINDS))

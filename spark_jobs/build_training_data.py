@@ -636,12 +636,13 @@ def user_rows(
     ``lt7`` / ``lt14`` (active days in the 7 / 14 days starting the event's UTC day) and
     ``split``.
 
-    The user's active days, rows and history snapshots (one per ts with positives, sorted after
-    that ts's events, so an event never sees positives of its own ts) are unioned and sorted
-    once by (ts, kind, item, label). Two window operators read that one order: ranges of ts
-    (events strictly before, active days from a day row on), then running rows (the last
-    snapshot, the day row's lt7/lt14, the example's rank). Spark copies every row it buffers
-    once per window operator, so there are no more than two.
+    The user's active days (each with its lt7/lt14, counted by a small window over the days
+    alone), rows and history snapshots (one per ts with positives, sorted after that ts's
+    events, so an event never sees positives of its own ts) are unioned and sorted once by
+    (ts, kind, item, label). Two window operators read that one order: a range of ts (the
+    events strictly before), then running rows (the last snapshot, the day row's lt7/lt14, the
+    example's rank). Spark copies every row it buffers once per window operator, so there are
+    no more than two.
     """
     by_user = keys.repartition(partitions, "user_id")
     null_list = F.lit(None).cast("array<string>")
